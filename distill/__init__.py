@@ -1,0 +1,1 @@
+"""Data, losses, metrics and training loops for distilling learned ISPs."""

@@ -1,0 +1,1 @@
+"""RAW data: Bayer packing, unprocessing of sRGB photos, embedded data and dataset loaders."""

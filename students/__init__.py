@@ -1,0 +1,12 @@
+"""Small, mobile-friendly ISP networks. Build them by name with ``create_student``."""
+from students import smallnet as _smallnet  # noqa: F401  (registers its models)
+from students.registry import STUDENTS
+
+
+def create_student(name: str, **config: object):
+    """Build a registered student, e.g. ``create_student("smallnet", width=16)``."""
+    return STUDENTS.create(name, **config)
+
+
+def list_students() -> list[str]:
+    return STUDENTS.names()

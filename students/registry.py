@@ -1,0 +1,4 @@
+"""The student registry (same mechanism as the teachers')."""
+from teachers.registry import ModelRegistry
+
+STUDENTS = ModelRegistry("student")
