@@ -45,6 +45,8 @@ class UpConv(nn.Sequential):
 class PUNET(nn.Module):
     """Packed RAW ``(N, 4, H, W)`` in [0, 1] -> sRGB ``(N, 3, 2H, 2W)``; H and W divisible by 16."""
 
+    prune_ignore = ("head",)  # its 3 output channels are the RGB image
+
     def __init__(self, base_width: int = 16, instance_norm: bool = False, in_channels: int = 4) -> None:
         super().__init__()
         if base_width < 4:

@@ -1,0 +1,1 @@
+"""Pruning, re-parameterization folding, quantization, export, parity and latency."""

@@ -1,0 +1,111 @@
+"""Models on disk as *architecture + weights*, never a pickled module.
+
+A ``ModelSpec`` (registry name, config, per-layer channel widths after pruning, whether it was folded)
+is enough to rebuild the exact module; the weights are a plain ``state_dict`` loaded with
+``weights_only=True``.  So a pruned and folded student round-trips through JSON + ``.pt``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from compress.fold import fold_model
+
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.pt"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["teacher", "student"]
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    widths: dict[str, int] | None = None  # conv name -> out_channels, set once pruned
+    folded: bool = False
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Instantiate the registry model and reshape it to the spec's widths / folded form."""
+    from students import create_student
+    from teachers import create_teacher
+
+    create = create_teacher if spec.family == "teacher" else create_student
+    model = create(spec.name, **spec.config)
+    if spec.widths:
+        apply_channel_plan(model, spec.widths)
+    if spec.folded:
+        model, _ = fold_model(model, inplace=True)
+    return model
+
+
+def channel_plan(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv: what pruning changed, and all a rebuild needs."""
+    return {
+        name: m.out_channels for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+    }
+
+
+def _example_input(model: nn.Module) -> torch.Tensor:
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    return torch.zeros(1, first.in_channels, 32, 32)
+
+
+def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
+    """Shrink a freshly built model to ``widths`` (trailing channels dropped; weights are loaded after)."""
+    modules = dict(model.named_modules())
+    unknown = sorted(set(widths) - set(modules))
+    if unknown:
+        raise ValueError(f"channel plan names layers the model does not have: {unknown[:5]}")
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_example_input(model))
+    for name, target in widths.items():
+        layer = modules[name]
+        current = layer.out_channels
+        if target > current:
+            raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
+        if target < current:
+            group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(target, current)))
+            group.prune()
+    got = channel_plan(model)
+    wrong = {n: (w, got[n]) for n, w in widths.items() if got[n] != w}
+    if wrong:
+        raise ValueError(f"channel plan could not be reproduced (wanted, got): {wrong}")
+    return model
+
+
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(folder / SPEC_FILE, spec.model_dump_json(indent=2).encode())
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_model(folder: Path) -> tuple[nn.Module, ModelSpec]:
+    folder = Path(folder)
+    spec_path = folder / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"no model spec at {spec_path}")
+    spec = ModelSpec.model_validate(json.loads(spec_path.read_text()))
+    model = build_model(spec)
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {folder / WEIGHTS_FILE} do not fit {spec.family} {spec.name!r}: {exc}") from exc
+    model.eval()
+    return model, spec
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

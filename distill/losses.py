@@ -1,0 +1,68 @@
+"""Named loss terms combined into one weighted sum, each term reported on its own.
+
+Recipes name losses (``{l1: 1.0, ms_ssim: 0.4}``); a term is ``fn(pred, target) -> scalar``.  Unknown
+names fail with the list of known ones.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from distill.metrics import ms_ssim
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Smooth L1 variant sqrt((x-y)^2 + eps^2), robust to outliers and differentiable at 0."""
+    return torch.sqrt((pred - target) ** 2 + eps**2).mean()
+
+
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 1.0 - structural_similarity_index_measure(pred, target, data_range=1.0)
+
+
+def ms_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 1.0 - ms_ssim(pred, target)
+
+
+def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity along channels, averaged over positions (feature-direction matching)."""
+    return (1.0 - F.cosine_similarity(pred, target, dim=1)).mean()
+
+
+LOSSES: dict[str, LossFn] = {
+    "l1": F.l1_loss,
+    "mse": F.mse_loss,
+    "charbonnier": charbonnier,
+    "ssim": ssim_loss,
+    "ms_ssim": ms_ssim_loss,
+    "cosine": cosine_loss,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+class WeightedLoss:
+    """``sum_i w_i * loss_i(pred, target)``; returns the total and each term's value for logging."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        if not weights:
+            raise ValueError("a loss needs at least one named term")
+        self.terms = {name: (get_loss(name), float(w)) for name, w in weights.items()}
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        total = pred.new_zeros(())
+        parts: dict[str, float] = {}
+        for name, (fn, weight) in self.terms.items():
+            value = fn(pred, target)
+            parts[name] = float(value.detach())
+            total = total + weight * value
+        return total, parts

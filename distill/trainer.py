@@ -1,0 +1,144 @@
+"""One training loop for teachers, students and fine-tunes: step-based, seeded, logged per step.
+
+Students add an output-distillation term: the frozen teacher's output on the same RAW patch is a soft
+target (also the MiAlgo use, where the teacher's output is cleaner than misaligned ground truth).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from distill.data.datasets import PairedPatchDataset
+from distill.losses import LOSSES, WeightedLoss, get_loss
+from distill.metrics import psnr, ssim
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+class TrainSpec(BaseModel):
+    """How long and how to train; a recipe's ``train:`` block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(200, ge=0, description="optimiser steps")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    losses: dict[str, float] = Field(default_factory=lambda: {"l1": 1.0})
+    log_every: int = Field(10, ge=1)
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            if name not in LOSSES:
+                raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        if not value:
+            raise ValueError("needs at least one loss term")
+        return value
+
+
+@dataclass
+class OutputKD:
+    """A frozen teacher whose output is matched by ``loss`` with ``weight``."""
+
+    teacher: nn.Module
+    weight: float
+    loss: str = "l1"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _batches(dataset: PairedPatchDataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless, reproducible stream of batches: a new crop set and order every epoch."""
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
+        yield from loader
+        epoch += 1
+
+
+def train(
+    model: nn.Module,
+    dataset: PairedPatchDataset,
+    spec: TrainSpec,
+    *,
+    seed: int = 0,
+    kd: OutputKD | None = None,
+    log: LogFn | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps."""
+    torch.manual_seed(seed)
+    model.train()
+    criterion = WeightedLoss(spec.losses)
+    kd_fn = get_loss(kd.loss) if kd else None
+    if kd:
+        kd.teacher.eval()
+        for p in kd.teacher.parameters():
+            p.requires_grad_(False)
+    optimiser = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / max(spec.steps, 1)))
+    )
+    result = TrainResult(steps=spec.steps, final_loss=float("nan"))
+    batches = _batches(dataset, spec.batch_size, seed)
+    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
+    for step in bar:
+        raw, rgb = next(batches)
+        pred = model(raw)
+        loss, parts = criterion(pred, rgb)
+        if kd and kd_fn:
+            with torch.no_grad():
+                soft = kd.teacher(raw)
+            kd_term = kd_fn(pred, soft)
+            parts["kd_output"] = float(kd_term.detach())
+            loss = loss + kd.weight * kd_term
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step} (terms: {parts})")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        parts["loss"] = float(loss.detach())
+        result.final_loss = parts["loss"]
+        if step % spec.log_every == 0 or step == spec.steps - 1:
+            result.history.append({"step": step, **parts})
+            if log:
+                log({f"train_{k}": v for k, v in parts.items()}, step)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, raw: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(raw).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Mean PSNR / SSIM over held-out full images (each pair: packed RAW (4,h,w), RGB (3,2h,2w))."""
+    if not pairs:
+        raise ValueError("evaluation needs at least one held-out image")
+    scores = {"psnr": 0.0, "ssim": 0.0}
+    for raw, rgb in pairs:
+        out = predict(model, raw.unsqueeze(0))
+        scores["psnr"] += psnr(out, rgb.unsqueeze(0))
+        scores["ssim"] += ssim(out, rgb.unsqueeze(0))
+    return {k: v / len(pairs) for k, v in scores.items()}
