@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ispdc run recipes/builtin/quickstart.yaml --workdir runs/quickstart
+	$(BIN)/ispdc run recipes/quickstart.yaml --workdir runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

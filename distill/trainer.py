@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,9 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.data.datasets import PairedPatchDataset
 from distill.losses import LOSSES, WeightedLoss, get_loss
 from distill.metrics import psnr, ssim
+
+if TYPE_CHECKING:
+    from distill.data.datasets import PairedPatchDataset
 
 LogFn = Callable[[dict[str, float], int], None]
 

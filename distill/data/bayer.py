@@ -13,7 +13,7 @@ PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 PACKED_ORDER = ("B", "Gb", "R", "Gr")
 
 
-def _colour_offsets(pattern: str) -> dict[str, tuple[int, int]]:
+def colour_offsets(pattern: str) -> dict[str, tuple[int, int]]:
     """Row/column offset inside the 2x2 tile of each colour site: B, Gb (G on a B row), R, Gr."""
     pattern = pattern.upper()
     if pattern not in PATTERNS:
@@ -34,7 +34,7 @@ def pack_bayer(raw: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
     h, w = raw.shape
     if h % 2 or w % 2:
         raise ValueError(f"a Bayer mosaic needs even height and width; got {h}x{w}")
-    offsets = _colour_offsets(pattern)
+    offsets = colour_offsets(pattern)
     return np.stack([raw[dy::2, dx::2] for dy, dx in (offsets[c] for c in PACKED_ORDER)], axis=-1)
 
 
@@ -44,7 +44,7 @@ def unpack_bayer(packed: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
         raise ValueError(f"packed RAW is (H/2, W/2, 4); got shape {packed.shape}")
     h2, w2, _ = packed.shape
     raw = np.empty((h2 * 2, w2 * 2), dtype=packed.dtype)
-    offsets = _colour_offsets(pattern)
+    offsets = colour_offsets(pattern)
     for i, colour in enumerate(PACKED_ORDER):
         dy, dx = offsets[colour]
         raw[dy::2, dx::2] = packed[..., i]
@@ -54,7 +54,7 @@ def unpack_bayer(packed: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
 def mosaic_rgb(rgb: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
     """Sample a linear ``(H, W, 3)`` RGB image on a Bayer grid -> mosaic ``(H, W)``."""
     h, w, _ = rgb.shape
-    offsets = _colour_offsets(pattern)
+    offsets = colour_offsets(pattern)
     channel_of = {"R": 0, "Gr": 1, "Gb": 1, "B": 2}
     raw = np.empty((h, w), dtype=rgb.dtype)
     for colour, (dy, dx) in offsets.items():

@@ -1,0 +1,99 @@
+"""The hand-off bundle: everything an app team needs to trust and run a model without this toolkit.
+
+``model.tflite``, ``model_card.json`` (I/O contract, quality, size, provenance), a ``README.md`` made
+from the card, golden input/output tensors and ``run_model.py`` (numpy + ai-edge-litert only).  The
+bundle is assembled in a temporary folder and renamed into place, so a failure never leaves a partial one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNNER_SOURCE = Path(__file__).with_name("reference_runner.py")
+BUNDLE_FILES = ("model.tflite", "model_card.json", "README.md", "golden_input.npy", "golden_output.npy",
+                "run_model.py")
+
+
+def golden_tolerance(output: dict[str, Any]) -> float:
+    """What a faithful runtime may differ by: two quantization steps of an integer output, else 1e-4."""
+    scale = output.get("scale") or 0.0
+    return float(max(2.0 * scale, 1e-4))
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    inp, out, q = card["input"], card["output"], card["quality"]
+    quant = lambda t: f"scale {t['scale']:.8g}, zero point {t['zero_point']}" if t.get("scale") else "not quantized"  # noqa: E731
+    lines = [
+        f"# {card['name']}: RAW Bayer -> sRGB ({card['quantization']})",
+        "",
+        f"{card['description']}",
+        "",
+        "## Run it",
+        "```",
+        "pip install numpy ai-edge-litert",
+        "python run_model.py            # golden check: must print OK",
+        "python run_model.py --input raw.npy --output rgb.ppm",
+        "```",
+        "",
+        "## Input",
+        f"- tensor `{inp['name']}`: shape {inp['shape']} ({inp['layout']}), dtype {inp['dtype']}, {quant(inp)}",
+        f"- packed Bayer, channels {inp['channel_order']} from a {inp['bayer_pattern']} sensor "
+        f"(B = raw[{inp['packing']['B']}], ...; see model_card.json)",
+        f"- normalisation: {inp['normalisation']}; values in {inp['range']}",
+        "",
+        "## Output",
+        f"- tensor `{out['name']}`: shape {out['shape']} (NHWC, sRGB), dtype {out['dtype']}, {quant(out)}",
+        f"- range {out['range']} (multiply by 255 for 8-bit)",
+        "",
+        "## Quality and cost (held-out images)",
+        "| model | PSNR dB | SSIM | parity vs PyTorch dB |",
+        "|---|---|---|---|",
+    ]
+    for variant, m in q.items():
+        lines.append(f"| {variant} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} |")
+    cost = card["cost"]
+    lines += [
+        "",
+        f"- file size {cost['size_kb']:.1f} KB, {cost['params']:,} parameters, {cost['macs'] / 1e6:.1f} M MACs "
+        f"per inference at this input size",
+        f"- latency on the build machine ({cost['latency_threads']} threads, XNNPACK): "
+        f"{cost['latency_ms']:.2f} ms median (indicative only: measure on the target device)",
+        "",
+        "## Provenance",
+        *[f"- {k}: {v}" for k, v in card["provenance"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_bundle(
+    dest: Path, tflite_path: Path, card: dict[str, Any], golden_input: np.ndarray, golden_output: np.ndarray
+) -> Path:
+    """Write the bundle to ``dest`` atomically (replacing an older bundle of the same name)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copyfile(tflite_path, staging / "model.tflite")
+        np.save(staging / "golden_input.npy", golden_input.astype(np.float32))
+        np.save(staging / "golden_output.npy", golden_output.astype(np.float32))
+        shutil.copyfile(RUNNER_SOURCE, staging / "run_model.py")
+        (staging / "model_card.json").write_text(json.dumps(card, indent=2))
+        (staging / "README.md").write_text(render_readme(card))
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            staging.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest

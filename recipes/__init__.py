@@ -1,0 +1,1 @@
+"""Recipe schema, stage runner, MLflow tracking and the ``ispdc`` command line."""

@@ -1,0 +1,123 @@
+"""``ispdc``: validate and run recipes.
+
+Bad input (a recipe key, a value, a data file) is one line on stderr naming the file and the key, and
+exit code 2, never a traceback.  A stage that fails its own gate exits 1 and leaves no bundle.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_STAGE_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ispdc", description="Distil, compress and hand off learned-ISP models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check a recipe without running it")
+    validate.add_argument("recipe", help="recipe YAML file or built-in recipe name")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    run = sub.add_parser("run", help="run a recipe end to end")
+    run.add_argument("recipe", help="recipe YAML file or built-in recipe name")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, e.g. --set student.train.steps=50")
+    run.add_argument("--workdir", type=Path, default=None, help="where stages, mlflow.db and the bundle go "
+                     "(default: runs/<recipe name>)")
+    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workdir)")
+    run.add_argument("--no-cache", action="store_true", help="re-run every stage even if its cache is valid")
+
+    sub.add_parser("list", help="built-in recipes, teachers and students")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ispdc: error: {message}", file=sys.stderr)
+    return code
+
+
+def _summary(outcomes: list, parent_id: str) -> str:
+    columns = ("psnr", "ssim", "params", "macs", "size_kb")
+    header = f"{'stage':<10}" + "".join(f"{c:>12}" for c in columns) + f"{'seconds':>10}  cached"
+    lines = [header, "-" * len(header)]
+    for o in outcomes:
+        cells = ""
+        for c in columns:
+            v = o.metrics.get(c)
+            if v is None:
+                cells += f"{'-':>12}"
+            elif c in ("params", "macs"):
+                cells += f"{int(v):>12,}"
+            else:
+                cells += f"{v:>12.3f}" if c != "size_kb" else f"{v:>12.1f}"
+        lines.append(f"{o.name:<10}{cells}{o.seconds:>10.1f}  {'yes' if o.cached else ''}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from recipes.loader import RecipeError, load_recipe
+
+    if args.command == "list":
+        from recipes.loader import builtin_recipes
+        from students import list_students
+        from teachers import list_teachers
+
+        print("recipes: ", ", ".join(sorted(builtin_recipes())))
+        print("teachers:", ", ".join(list_teachers()))
+        print("students:", ", ".join(list_students()))
+        return 0
+
+    try:
+        recipe, path = load_recipe(args.recipe, args.overrides)
+    except RecipeError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+
+    if args.command == "validate":
+        print(f"{path}: ok ({recipe.name})")
+        return 0
+
+    from recipes.runner import StageError, run_recipe
+
+    try:
+        from distill.data.errors import DataError
+    except ImportError:  # pragma: no cover
+        DataError = ValueError  # type: ignore[misc,assignment]
+
+    workdir = args.workdir or Path("runs") / recipe.name
+    print(f"running {recipe.name} from {path} in {workdir}", flush=True)
+
+    def progress(outcome) -> None:
+        note = " (cached)" if outcome.cached else ""
+        psnr = outcome.metrics.get("psnr")
+        shown = f" psnr {psnr:.2f} dB" if psnr is not None else ""
+        print(f"  {outcome.name:<9} done in {outcome.seconds:6.1f} s{shown}{note}", flush=True)
+
+    try:
+        parent_id, outcomes = run_recipe(recipe, path, workdir, args.tracking_uri, use_cache=not args.no_cache,
+                                         on_stage=progress)
+    except DataError as exc:
+        return _fail(f"{path}: data: {exc}", EXIT_BAD_INPUT)
+    except StageError as exc:
+        return _fail(str(exc), EXIT_STAGE_FAILED)
+
+    from recipes.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(workdir)
+    bundle = next((o.outputs["bundle"] for o in outcomes if o.name == "handoff"), None)
+    print()
+    print(_summary(outcomes, parent_id))
+    print()
+    print(f"hand-off bundle : {bundle}")
+    print(f"MLflow store    : {uri} (parent run {parent_id})")
+    print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Read a recipe file into a validated ``Recipe``: YAML, one ``extends:`` level, ``--set`` overrides.
+
+Every failure is a ``RecipeError`` whose message names the file and the key path, fit for one line.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from recipes.schema import Recipe
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; ``str()`` is a one-line message naming the file and the key."""
+
+
+def builtin_recipes() -> dict[str, Path]:
+    folder = resources.files("recipes")
+    return {p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a built-in recipe (``quickstart``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_recipes()
+    if str(name_or_path) in builtin:
+        return builtin[str(name_or_path)]
+    raise RecipeError(f"{path}: no such recipe file (built-in recipes: {', '.join(sorted(builtin))})")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}{where}: malformed YAML: {problem}") from exc
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _apply_override(data: dict[str, Any], assignment: str, path: Path) -> None:
+    key, sep, raw_value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"{path}: --set {assignment!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: --set {key}: value {raw_value!r} is not valid YAML") from exc
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{path}: --set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _suggest(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    """'did you mean' for an unknown key, by walking the schema along the key path."""
+    fields: dict[str, Any] = model.model_fields
+    for part in loc[:-1]:
+        field = fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return ""
+        fields = sub.model_fields
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key{_suggest(loc, Recipe)}"
+        lines.append(f"{path}: {key}: {message}")
+    return "; ".join(lines)
+
+
+def load_recipe_data(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    data = _read_yaml(path)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is not None:
+        parent_path = (path.parent / str(parent_ref)) if not Path(str(parent_ref)).is_absolute() else Path(parent_ref)
+        if not parent_path.is_file():
+            parent_path = resolve_recipe_path(str(parent_ref).removesuffix(".yaml"))
+        parent = _read_yaml(parent_path)
+        if "extends" in parent:
+            raise RecipeError(f"{path}: extends: {parent_ref} extends another recipe; only one level is allowed")
+        data = _deep_merge(parent, data)
+    for assignment in overrides or []:
+        _apply_override(data, assignment, path)
+    return data
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
+    path = resolve_recipe_path(name_or_path)
+    data = load_recipe_data(path, overrides)
+    try:
+        return Recipe.model_validate(data), path
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(path, exc)) from exc
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Content hash of the validated recipe (defaults filled in), for provenance."""
+    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b.c": value}`` (MLflow params)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

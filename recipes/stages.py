@@ -1,0 +1,372 @@
+"""The seven stages of a recipe. Each takes the run context and its own folder, and returns
+(metrics, outputs); the runner wraps it in a nested MLflow run and caches the result.
+
+Every stage that holds a model reports the same keys (psnr, ssim, params, macs, size_kb) so MLflow's
+compare view lines them up; MACs are counted at the export input size.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.checkpoint import ModelSpec, build_model, load_model, save_model
+from compress.fold import fold_model
+from compress.profile import count_macs, count_params, size_kb
+from compress.prune import prune_model
+from distill.trainer import OutputKD, evaluate, predict, train
+from distill.visualize import sample_grid, save_png
+from recipes.runner import RunContext, StageError, git_sha
+from recipes.loader import recipe_hash
+from recipes.schema import Recipe
+
+
+@dataclass
+class RunData:
+    train_pairs: list[Any]
+    eval_pairs: list[Any]
+    train_set: Any
+
+    def eval_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.from_numpy(p.raw), torch.from_numpy(p.rgb)) for p in self.eval_pairs]
+
+
+def load_run_data(recipe: Recipe) -> RunData:
+    from distill.data.datasets import PairedPatchDataset
+    from distill.data.loaders import load_dataset
+
+    spec = recipe.data
+    train_split, eval_split = spec.splits()
+    options: dict[str, Any] = {"pattern": spec.pattern}
+    if spec.kind == "embedded":
+        options.update(seed=recipe.seed, max_side=spec.max_side)
+    if spec.kind == "paired":
+        options.update(raw_dir=spec.raw_dir, rgb_dir=spec.rgb_dir, black_level=spec.black_level,
+                       white_level=spec.white_level)
+    train_pairs = load_dataset(spec.kind, spec.root, train_split, **options)
+    eval_pairs = load_dataset(spec.kind, spec.root, eval_split, **options)
+    if spec.max_eval_images:
+        eval_pairs = eval_pairs[: spec.max_eval_images]
+    train_set = PairedPatchDataset(train_pairs, patch_size=spec.patch_size,
+                                   patches_per_image=spec.patches_per_image, seed=recipe.seed)
+    return RunData(train_pairs=train_pairs, eval_pairs=eval_pairs, train_set=train_set)
+
+
+def _input_shape(recipe: Recipe) -> tuple[int, int, int, int]:
+    h, w = recipe.export.input_size
+    return (1, 4, h, w)
+
+
+def _model_metrics(ctx: RunContext, model: nn.Module, model_dir: Path) -> dict[str, float]:
+    """Quality on the held-out images plus the size figures every model stage reports."""
+    metrics = evaluate(model, ctx.data.eval_tensors())
+    metrics.update(
+        params=count_params(model),
+        macs=count_macs(model, _input_shape(ctx.recipe)),
+        size_kb=size_kb(model_dir / "model.pt"),
+    )
+    return metrics
+
+
+def _log_samples(ctx: RunContext, model: nn.Module, folder: Path, stage: str) -> None:
+    pair = ctx.data.eval_pairs[0]
+    out = predict(model, torch.from_numpy(pair.raw).unsqueeze(0))[0].numpy()
+    path = save_png(sample_grid(pair.raw, out, pair.rgb), folder / f"samples_{stage}.png")
+    ctx.tracker.log_artifact(path, artifact_path="samples")
+
+
+def _finish_model_stage(ctx: RunContext, folder: Path, stage: str, model: nn.Module, spec: ModelSpec,
+                        extra: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    model_dir = save_model(model, spec, folder / "model")
+    metrics = {**_model_metrics(ctx, model, model_dir), **(extra or {})}
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_artifact(model_dir, artifact_path="checkpoint")
+    _log_samples(ctx, model, folder, stage)
+    return metrics, {"model": str(model_dir)}
+
+
+def _train_log(ctx: RunContext):
+    return lambda metrics, step: ctx.tracker.log_metrics(metrics, step=step)
+
+
+def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    cfg = ctx.recipe.teacher
+    assert cfg is not None
+    spec = ModelSpec(family="teacher", name=cfg.model, config=cfg.config)
+    model = build_model(spec)
+    result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed, log=_train_log(ctx), desc="teacher")
+    return _finish_model_stage(ctx, folder, "teacher", model, spec, {"final_loss": result.final_loss})
+
+
+def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    cfg = ctx.recipe.student
+    spec = ModelSpec(family="student", name=cfg.model, config=cfg.config)
+    model = build_model(spec)
+    kd = None
+    if "teacher" in ctx.outcomes and cfg.distill.output_kd > 0:
+        teacher, _ = load_model(ctx.output("teacher", "model"))
+        kd = OutputKD(teacher=teacher, weight=cfg.distill.output_kd, loss=cfg.distill.loss)
+    result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed + 1, kd=kd, log=_train_log(ctx),
+                   desc="student")
+    return _finish_model_stage(ctx, folder, "student", model, spec, {"final_loss": result.final_loss})
+
+
+def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    cfg = ctx.recipe.prune
+    assert cfg is not None
+    model, spec = load_model(ctx.model_dir())
+    dense = copy.deepcopy(model)
+    shape = _input_shape(ctx.recipe)
+    before = {"params_before": count_params(model), "macs_before": count_macs(model, shape)}
+    widths = prune_model(model, torch.zeros(shape), cfg)
+    after_prune = evaluate(model, ctx.data.eval_tensors())
+    kd = OutputKD(teacher=dense, weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
+    train(model, ctx.data.train_set, cfg.finetune, seed=ctx.recipe.seed + 2, kd=kd, log=_train_log(ctx),
+          desc="prune fine-tune")
+    spec = spec.model_copy(update={"widths": widths})
+    extra = {**before, "psnr_before_finetune": after_prune["psnr"]}
+    metrics, outputs = _finish_model_stage(ctx, folder, "prune", model, spec, extra)
+    metrics["macs_reduction"] = 1.0 - metrics["macs"] / max(before["macs_before"], 1)
+    ctx.tracker.log_metrics({"macs_reduction": metrics["macs_reduction"]})
+    (folder / "channel_plan.json").write_text(json.dumps(widths, indent=2))
+    ctx.tracker.log_artifact(folder / "channel_plan.json")
+    return metrics, outputs
+
+
+def fold_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    model, spec = load_model(ctx.model_dir())
+    folded, counts = fold_model(model)
+    probe = torch.from_numpy(ctx.data.eval_pairs[0].raw).unsqueeze(0)
+    with torch.no_grad():
+        max_diff = float((model(probe) - folded(probe)).abs().max())
+    if max_diff > 1e-4:
+        raise StageError(f"fold: folded model differs from the unfolded one by {max_diff:.2e} (limit 1e-4)")
+    spec = spec.model_copy(update={"folded": True})
+    extra = {**{k: float(v) for k, v in counts.items()}, "fold_max_abs_diff": max_diff}
+    return _finish_model_stage(ctx, folder, "fold", folded, spec, extra)
+
+
+def calibration_frames(ctx: RunContext, count: int) -> np.ndarray:
+    """``count`` RAW crops of the export input size from the *training* data, seeded (NCHW float32)."""
+    h, w = ctx.recipe.export.input_size
+    usable = [p for p in ctx.data.train_pairs if p.raw.shape[1] >= h and p.raw.shape[2] >= w]
+    if not usable:
+        raise StageError(f"quantize: no training image is at least {h}x{w} packed pixels for calibration")
+    rng = np.random.default_rng([ctx.recipe.seed, 7])
+    frames = []
+    for i in range(count):
+        raw = usable[i % len(usable)].raw
+        y = int(rng.integers(0, raw.shape[1] - h + 1))
+        x = int(rng.integers(0, raw.shape[2] - w + 1))
+        frames.append(raw[:, y : y + h, x : x + w])
+    return np.stack(frames).astype(np.float32)
+
+
+@torch.no_grad()
+def activation_ranges(model: nn.Module, frames: np.ndarray) -> dict[str, dict[str, float]]:
+    """Min / max / 99.99th-percentile |x| of every leaf module's output on the calibration frames.
+
+    INT8 uses one scale per activation tensor: a layer whose max is far above its 99.99th percentile
+    loses resolution to outliers, which is the first thing to look at when INT8 quality drops.
+    """
+    stats: dict[str, dict[str, float]] = {}
+
+    def hook(name: str):
+        def record(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            s = stats.setdefault(name, {"min": float("inf"), "max": float("-inf"), "p9999_abs": 0.0})
+            s["min"] = min(s["min"], float(out.min()))
+            s["max"] = max(s["max"], float(out.max()))
+            s["p9999_abs"] = max(s["p9999_abs"], float(torch.quantile(out.abs().flatten()[:1_000_000], 0.9999)))
+
+        return record
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())
+              and not isinstance(m, nn.Identity)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    try:
+        model.eval()
+        model(torch.from_numpy(frames))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    cfg = ctx.recipe.quantize
+    model, _ = load_model(ctx.model_dir())
+    frames = calibration_frames(ctx, cfg.calibration_frames)
+    np.save(folder / "calibration.npy", frames)
+    ranges = activation_ranges(model, frames)
+    (folder / "activation_ranges.json").write_text(json.dumps(ranges, indent=2))
+    ctx.tracker.log_artifact(folder / "activation_ranges.json")
+    outlier_ratio = max((s["max"] - s["min"]) / max(2 * s["p9999_abs"], 1e-12) for s in ranges.values())
+    metrics = {
+        **evaluate(model, ctx.data.eval_tensors()),
+        "params": count_params(model),
+        "macs": count_macs(model, _input_shape(ctx.recipe)),
+        "size_kb": size_kb(ctx.model_dir() / "model.pt"),
+        "calibration_frames": float(len(frames)),
+        "calibration_raw_mean": float(frames.mean()),
+        "activation_outlier_ratio_max": float(outlier_ratio),
+    }
+    ctx.tracker.log_params({"quant_mode": cfg.mode, "quant_int8_io": cfg.int8_io})
+    ctx.tracker.log_metrics(metrics)
+    return metrics, {"calibration": str(folder / "calibration.npy"), "model": str(ctx.model_dir())}
+
+
+def eval_crops(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """Centre crops of every held-out image at the export input size: (raw NCHW, rgb NCHW)."""
+    h, w = ctx.recipe.export.input_size
+    raws, rgbs = [], []
+    for pair in ctx.data.eval_pairs:
+        _, ph, pw = pair.raw.shape
+        if ph < h or pw < w:
+            raise StageError(f"export: held-out image {pair.name} ({ph}x{pw} packed) is smaller than the "
+                             f"export input size {h}x{w}")
+        y, x = (ph - h) // 2, (pw - w) // 2
+        raws.append(pair.raw[:, y : y + h, x : x + w])
+        rgbs.append(pair.rgb[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)])
+    return np.stack(raws).astype(np.float32), np.stack(rgbs).astype(np.float32)
+
+
+def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    from compress.latency import onnx_latency_ms, tflite_latency_ms
+    from compress.onnx_export import export_onnx
+    from compress.parity import psnr_db, run_onnx, run_tflite
+    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite, tflite_io_details
+    from distill.metrics import psnr, ssim
+
+    cfg, qcfg = ctx.recipe.export, ctx.recipe.quantize
+    model, _ = load_model(ctx.model_dir())
+    raws, rgbs = eval_crops(ctx)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(raws)).numpy()
+    onnx_path = export_onnx(model, folder / "model.onnx", _input_shape(ctx.recipe))
+    calibration = np.load(ctx.output("quantize", "calibration"))
+    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io)
+    paths = {"onnx": onnx_path, "tflite_fp32": tflite["fp32"], "tflite_int8": tflite["int8"]}
+    for key in ("tflite_fp32", "tflite_int8"):
+        assert_builtin_only(paths[key])
+
+    metrics: dict[str, float] = {}
+    target = torch.from_numpy(rgbs)
+    for fmt, path in paths.items():
+        out = run_onnx(path, raws) if fmt == "onnx" else run_tflite(path, raws, num_threads=cfg.latency_threads)
+        metrics[f"parity_psnr_db_{fmt}"] = psnr_db(out, reference)
+        pred = torch.from_numpy(np.clip(out, 0, 1))
+        metrics[f"psnr_{fmt}"] = psnr(pred, target)
+        metrics[f"ssim_{fmt}"] = ssim(pred, target)
+        metrics[f"size_kb_{fmt}"] = size_kb(path)
+        timing = (onnx_latency_ms(path, num_threads=cfg.latency_threads) if fmt == "onnx"
+                  else tflite_latency_ms(path, num_threads=cfg.latency_threads))
+        metrics[f"latency_ms_{fmt}_{cfg.latency_threads}t"] = timing["median_ms"]
+    metrics["psnr_pytorch"] = psnr(torch.from_numpy(np.clip(reference, 0, 1)), target)
+    metrics["params"] = count_params(model)
+    metrics["macs"] = count_macs(model, _input_shape(ctx.recipe))
+    metrics["size_kb"] = metrics["size_kb_tflite_int8"]
+    metrics["psnr"], metrics["ssim"] = metrics["psnr_tflite_int8"], metrics["ssim_tflite_int8"]
+    ctx.tracker.log_metrics(metrics)
+
+    for fmt in ("onnx", "tflite_fp32"):
+        if metrics[f"parity_psnr_db_{fmt}"] < cfg.parity_min_db:
+            raise StageError(f"export: {fmt} parity {metrics[f'parity_psnr_db_{fmt}']:.1f} dB is below the "
+                             f"{cfg.parity_min_db:.0f} dB gate; no bundle is written")
+    io = {fmt: tflite_io_details(paths[fmt]) for fmt in ("tflite_fp32", "tflite_int8")}
+    (folder / "io_details.json").write_text(json.dumps(io, indent=2))
+    for path in (*paths.values(), folder / "io_details.json"):
+        ctx.tracker.log_artifact(Path(path), artifact_path="exported")
+    outputs = {k: str(v) for k, v in paths.items()}
+    outputs["io_details"] = str(folder / "io_details.json")
+    return metrics, outputs
+
+
+def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    from compress.handoff import golden_tolerance, write_bundle
+    from compress.parity import run_tflite
+    from distill.data.bayer import PACKED_ORDER, colour_offsets
+
+    recipe = ctx.recipe
+    export = ctx.outcomes["export"]
+    em = export.metrics
+    int8_path = ctx.output("export", "tflite_int8")
+    io = json.loads(ctx.output("export", "io_details").read_text())["tflite_int8"]
+    raws, _ = eval_crops(ctx)
+    golden_in_nchw = raws[:1]
+    golden_out = np.transpose(run_tflite(int8_path, golden_in_nchw), (0, 2, 3, 1))
+    golden_in = np.transpose(golden_in_nchw, (0, 2, 3, 1))
+    _, spec = load_model(ctx.model_dir())
+    offsets = colour_offsets(recipe.data.pattern)
+    inp, out = io["inputs"][0], io["outputs"][0]
+    threads = recipe.export.latency_threads
+    card = {
+        "name": recipe.bundle_name,
+        "description": recipe.description or f"{spec.name} from recipe {recipe.name}",
+        "format": "tflite",
+        "quantization": "int8: per-channel int8 weights, per-tensor int8 activations"
+        + (", int8 input/output" if recipe.quantize.int8_io else ", float input/output"),
+        "model": {"family": spec.family, "name": spec.name, "config": spec.config, "widths": spec.widths,
+                  "folded": spec.folded},
+        "input": {
+            "name": inp["name"], "shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC",
+            "scale": inp.get("scale"), "zero_point": inp.get("zero_point"),
+            "channel_order": list(PACKED_ORDER), "bayer_pattern": recipe.data.pattern,
+            "packing": {c: f"{dy}::2, {dx}::2" for c, (dy, dx) in offsets.items()},
+            "normalisation": _normalisation_text(recipe),
+            "range": [0.0, 1.0],
+        },
+        "output": {"name": out["name"], "shape": out["shape"], "dtype": out["dtype"], "layout": "NHWC",
+                   "scale": out.get("scale"), "zero_point": out.get("zero_point"), "colour": "sRGB",
+                   "range": [0.0, 1.0]},
+        "quality": {
+            "tflite_int8": {"psnr": em["psnr_tflite_int8"], "ssim": em["ssim_tflite_int8"],
+                            "parity_psnr_db": em["parity_psnr_db_tflite_int8"]},
+            "tflite_fp32": {"psnr": em["psnr_tflite_fp32"], "ssim": em["ssim_tflite_fp32"],
+                            "parity_psnr_db": em["parity_psnr_db_tflite_fp32"]},
+            "evaluation": f"{len(ctx.data.eval_pairs)} held-out images ({recipe.data.kind} data), centre crops "
+                          f"of {recipe.export.input_size[0]}x{recipe.export.input_size[1]} packed pixels",
+        },
+        "cost": {"size_kb": em["size_kb_tflite_int8"], "params": int(em["params"]), "macs": int(em["macs"]),
+                 "latency_ms": em[f"latency_ms_tflite_int8_{threads}t"], "latency_threads": threads},
+        "golden": {"input": "golden_input.npy", "output": "golden_output.npy",
+                   "tolerance": golden_tolerance(out)},
+        "provenance": {
+            "recipe": recipe.name, "recipe_file": str(ctx.recipe_path), "recipe_hash": recipe_hash(recipe),
+            "git_sha": git_sha(), "mlflow_tracking_uri": ctx.tracker.tracking_uri,
+            "mlflow_run_id": ctx.tracker.parent_run_id, "export_run_id": export.run_id,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    bundle = write_bundle(ctx.workdir / "handoff" / recipe.bundle_name, int8_path, card, golden_in, golden_out)
+    ctx.tracker.log_artifact(bundle, artifact_path="handoff")
+    metrics = {"psnr": em["psnr_tflite_int8"], "ssim": em["ssim_tflite_int8"], "params": em["params"],
+               "macs": em["macs"], "size_kb": em["size_kb_tflite_int8"]}
+    ctx.tracker.log_metrics(metrics)
+    return metrics, {"bundle": str(bundle)}
+
+
+def _normalisation_text(recipe: Recipe) -> str:
+    data = recipe.data
+    if data.kind in ("zurich", "mai21"):
+        return "raw / 1020 (10-bit sensor data, PyNET/MAI convention), clipped to [0, 1]"
+    if data.kind == "paired":
+        return f"(raw - {data.black_level:g}) / ({data.white_level:g} - {data.black_level:g}), clipped to [0, 1]"
+    return "(raw - black) / (white - black), clipped to [0, 1] (embedded data is synthesised already normalised)"
+
+
+STAGES = {
+    "teacher": teacher_stage,
+    "student": student_stage,
+    "prune": prune_stage,
+    "fold": fold_stage,
+    "quantize": quantize_stage,
+    "export": export_stage,
+    "handoff": handoff_stage,
+}
