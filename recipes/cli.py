@@ -40,7 +40,7 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _summary(outcomes: list, parent_id: str) -> str:
+def _summary(outcomes: list) -> str:
     columns = ("psnr", "ssim", "params", "macs", "size_kb")
     header = f"{'stage':<10}" + "".join(f"{c:>12}" for c in columns) + f"{'seconds':>10}  cached"
     lines = [header, "-" * len(header)]
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri(workdir)
     bundle = next((o.outputs["bundle"] for o in outcomes if o.name == "handoff"), None)
     print()
-    print(_summary(outcomes, parent_id))
+    print(_summary(outcomes))
     print()
     print(f"hand-off bundle : {bundle}")
     print(f"MLflow store    : {uri} (parent run {parent_id})")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from compress.checkpoint import ModelSpec, build_model, load_model, save_model
 from compress.fold import fold_model
@@ -249,16 +250,22 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
     raws, rgbs = eval_crops(ctx)
     with torch.no_grad():
         reference = model(torch.from_numpy(raws)).numpy()
+    bar = tqdm(total=5, desc="export", leave=False, dynamic_ncols=True)
+    bar.set_postfix_str("ONNX")
     onnx_path = export_onnx(model, folder / "model.onnx", _input_shape(ctx.recipe))
+    bar.update()
+    bar.set_postfix_str("onnx2tf -> TFLite fp32 + INT8")
     calibration = np.load(ctx.output("quantize", "calibration"))
     tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io)
     paths = {"onnx": onnx_path, "tflite_fp32": tflite["fp32"], "tflite_int8": tflite["int8"]}
     for key in ("tflite_fp32", "tflite_int8"):
         assert_builtin_only(paths[key])
+    bar.update()
 
     metrics: dict[str, float] = {}
     target = torch.from_numpy(rgbs)
     for fmt, path in paths.items():
+        bar.set_postfix_str(f"parity + latency {fmt}")
         out = run_onnx(path, raws) if fmt == "onnx" else run_tflite(path, raws, num_threads=cfg.latency_threads)
         metrics[f"parity_psnr_db_{fmt}"] = psnr_db(out, reference)
         pred = torch.from_numpy(np.clip(out, 0, 1))
@@ -268,6 +275,8 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
         timing = (onnx_latency_ms(path, num_threads=cfg.latency_threads) if fmt == "onnx"
                   else tflite_latency_ms(path, num_threads=cfg.latency_threads))
         metrics[f"latency_ms_{fmt}_{cfg.latency_threads}t"] = timing["median_ms"]
+        bar.update()
+    bar.close()
     metrics["psnr_pytorch"] = psnr(torch.from_numpy(np.clip(reference, 0, 1)), target)
     metrics["params"] = count_params(model)
     metrics["macs"] = count_macs(model, _input_shape(ctx.recipe))

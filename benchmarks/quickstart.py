@@ -1,0 +1,101 @@
+"""Wall time and peak memory of the quickstart recipe, per stage.
+
+    .venv/bin/python benchmarks/quickstart.py [--set key=value ...]
+
+Runs the recipe in this process (no stage cache) while a sampler thread reads the resident memory every
+50 ms; a stage's peak is the highest sample between its start and end.  Writes
+``benchmarks/results/quickstart.json`` and the table between the markers in ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quickstart.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
+
+
+class PeakSampler(threading.Thread):
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.stop_flag = threading.Event()
+
+    def take_peak(self) -> int:
+        """Peak since the last call, then start a new window."""
+        peak, self.peak = self.peak, self.process.memory_info().rss
+        return max(peak, self.peak)
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+
+def write_table(result: dict) -> None:
+    rows = ["| stage | wall s | peak RSS MB | PSNR dB |", "|---|---|---|---|"]
+    for s in result["stages"]:
+        psnr = f"{s['psnr']:.2f}" if s.get("psnr") is not None else "-"
+        rows.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {psnr} |")
+    rows.append(f"| **total** | **{result['total_seconds']:.1f}** | {result['peak_rss_mb']:.0f} | |")
+    table = "\n".join([BEGIN, f"Measured {result['date']} on {result['machine']} "
+                       f"({result['cpus']} CPUs), recipe `{result['recipe']}` with overrides "
+                       f"{result['overrides'] or 'none'}.", "", *rows, END])
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + table + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Quickstart recipe: time and memory per stage\n\n" + table + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--recipe", default="quickstart")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from recipes.loader import load_recipe
+    from recipes.runner import run_recipe
+
+    recipe, path = load_recipe(args.recipe, args.overrides)
+    sampler = PeakSampler()
+    sampler.start()
+    stages = []
+    sampler.take_peak()
+    start = time.perf_counter()
+
+    def on_stage(outcome) -> None:
+        stages.append({"stage": outcome.name, "seconds": outcome.seconds, "psnr": outcome.metrics.get("psnr"),
+                       "peak_rss_mb": sampler.take_peak() / 2**20})
+
+    with tempfile.TemporaryDirectory() as workdir:
+        run_recipe(recipe, path, Path(workdir), use_cache=False, on_stage=on_stage)
+    total = time.perf_counter() - start
+    sampler.stop_flag.set()
+    result = {
+        "recipe": recipe.name, "overrides": args.overrides, "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "total_seconds": total, "peak_rss_mb": max(s["peak_rss_mb"] for s in stages), "stages": stages,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    write_table(result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
