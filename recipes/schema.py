@@ -66,6 +66,12 @@ class DataSpec(Strict):
         return self.train_split or train, self.eval_split or evaluation
 
 
+def _registered(registry: Any, name: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+    return name
+
+
 class ModelBlock(Strict):
     model: str
     config: dict[str, Any] = Field(default_factory=dict)
@@ -78,11 +84,9 @@ class TeacherStage(ModelBlock):
     @field_validator("model")
     @classmethod
     def _known(cls, value: str) -> str:
-        from teachers import list_teachers
+        from teachers import TEACHERS
 
-        if value not in list_teachers():
-            raise ValueError(f"unknown teacher {value!r}; known: {', '.join(list_teachers())}")
-        return value
+        return _registered(TEACHERS, value)
 
 
 class DistillSpec(Strict):
@@ -98,11 +102,9 @@ class StudentStage(ModelBlock):
     @field_validator("model")
     @classmethod
     def _known(cls, value: str) -> str:
-        from students import list_students
+        from students import STUDENTS
 
-        if value not in list_students():
-            raise ValueError(f"unknown student {value!r}; known: {', '.join(list_students())}")
-        return value
+        return _registered(STUDENTS, value)
 
 
 class PruneStage(PruneTarget):
