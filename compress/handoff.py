@@ -50,7 +50,9 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- tensor `{out['name']}`: shape {out['shape']} (NHWC, sRGB), dtype {out['dtype']}, {quant(out)}",
         f"- range {out['range']} (multiply by 255 for 8-bit)",
         "",
-        "## Quality and cost (held-out images)",
+        "## Quality and cost",
+        f"Evaluated on {card['evaluation']}.",
+        "",
         "| model | PSNR dB | SSIM | parity vs PyTorch dB |",
         "|---|---|---|---|",
     ]

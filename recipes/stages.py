@@ -339,9 +339,9 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
                             "parity_psnr_db": em["parity_psnr_db_tflite_int8"]},
             "tflite_fp32": {"psnr": em["psnr_tflite_fp32"], "ssim": em["ssim_tflite_fp32"],
                             "parity_psnr_db": em["parity_psnr_db_tflite_fp32"]},
-            "evaluation": f"{len(ctx.data.eval_pairs)} held-out images ({recipe.data.kind} data), centre crops "
-                          f"of {recipe.export.input_size[0]}x{recipe.export.input_size[1]} packed pixels",
         },
+        "evaluation": f"{len(ctx.data.eval_pairs)} held-out images ({recipe.data.kind} data), centre crops "
+                      f"of {recipe.export.input_size[0]}x{recipe.export.input_size[1]} packed pixels",
         "cost": {"size_kb": em["size_kb_tflite_int8"], "params": int(em["params"]), "macs": int(em["macs"]),
                  "latency_ms": em[f"latency_ms_tflite_int8_{threads}t"], "latency_threads": threads},
         "golden": {"input": "golden_input.npy", "output": "golden_output.npy",

@@ -1,0 +1,111 @@
+"""Run exported models like PyTorch does (NCHW float in, NCHW float out) and measure how close they are.
+
+Exported files differ from the PyTorch model in layout (TFLite is NHWC), in dtype (int8 I/O) and in
+batch size (fixed at export).  These runners hide all three so one PSNR compares like with like.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+PSNR_CAP_DB = 100.0  # identical outputs: a finite number keeps means and MLflow plots usable
+INTEGER_DTYPES = (np.int8, np.uint8, np.int16)
+
+
+def run_onnx(path: Path, x_nchw: np.ndarray) -> np.ndarray:
+    """onnxruntime CPU output of the single-input model ``path`` on float32 ``x_nchw``.
+
+    A model exported with a fixed batch ``b`` runs ``x`` in chunks of ``b``.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    x = np.ascontiguousarray(x_nchw, dtype=np.float32)
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else len(x)
+    if len(x) % batch:
+        raise ValueError(f"{path} has fixed batch {batch}; got {len(x)} inputs (not a multiple)")
+    chunks = [session.run(None, {inp.name: x[start : start + batch]})[0] for start in range(0, len(x), batch)]
+    return np.concatenate(chunks)
+
+
+def run_tflite(path: Path, x_nchw: np.ndarray, num_threads: int = 2) -> np.ndarray:
+    """Float NCHW in, float NCHW out through ai-edge-litert, whatever the model's I/O dtype and batch.
+
+    Integer inputs are quantized with the model's own scale/zero point and integer outputs
+    dequantized, so an int8-I/O model is compared on the same footing as a float one.  A model
+    exported for batch ``b`` runs ``x`` in chunks of ``b``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    x = np.transpose(np.asarray(x_nchw, dtype=np.float32), (0, 2, 3, 1))
+    batch = int(inp["shape"][0])
+    if tuple(x.shape[1:]) != tuple(int(d) for d in inp["shape"][1:]) or len(x) % batch:
+        raise ValueError(f"{path} takes NHWC {tuple(inp['shape'])} (batch {batch}); input NCHW "
+                         f"{tuple(x_nchw.shape)} does not fit (batch must be a multiple of {batch})")
+    chunks = []
+    for start in range(0, len(x), batch):
+        interpreter.set_tensor(inp["index"], _quantize(x[start : start + batch], inp))
+        interpreter.invoke()
+        chunks.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+    return np.transpose(np.concatenate(chunks), (0, 3, 1, 2))
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.type not in INTEGER_DTYPES:
+        return x.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.dtype(detail["dtype"]).type not in INTEGER_DTYPES:
+        return y.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean over images of per-image PSNR (the papers' convention), capped at ``PSNR_CAP_DB``.
+
+    Arrays are ``(N, ...)`` image batches; a single 3-D image counts as a batch of one.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR needs equal shapes; got {a.shape} and {b.shape}")
+    if a.ndim <= 3:
+        a, b = a[None], b[None]
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        per_image = 10.0 * np.log10(data_range**2 / mse)
+    return float(np.minimum(per_image, PSNR_CAP_DB).mean())
+
+
+@torch.no_grad()
+def parity_psnr(torch_model: nn.Module, exported_path: Path, inputs_nchw: np.ndarray) -> float:
+    """PSNR of the exported ``.onnx`` / ``.tflite`` output against the PyTorch model in eval mode."""
+    exported_path = Path(exported_path)
+    was_training = torch_model.training
+    torch_model.eval()
+    try:
+        param = next(torch_model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = torch.from_numpy(np.ascontiguousarray(inputs_nchw, dtype=np.float32)).to(device)
+        reference = torch_model(x).float().cpu().numpy()
+    finally:
+        torch_model.train(was_training)
+    if exported_path.suffix == ".onnx":
+        exported = run_onnx(exported_path, inputs_nchw)
+    elif exported_path.suffix == ".tflite":
+        exported = run_tflite(exported_path, inputs_nchw)
+    else:
+        raise ValueError(f"parity needs a .onnx or .tflite file; got {exported_path}")
+    return psnr_db(exported, reference)

@@ -1,0 +1,330 @@
+"""ONNX -> TFLite (fp32 and post-training quantized) through onnx2tf, plus op and I/O inspection.
+
+onnx2tf only builds the NHWC Keras graph; the TFLite files come from our own ``TFLiteConverter``
+calls.  That keeps calibration under our control (the RAW frames given, never onnx2tf's default RGB
+set), restricts every model to TFLite builtin ops (a Flex op fails the conversion instead of failing
+later on a phone), and makes each quantization mode one small converter setting.
+
+TensorFlow and onnx2tf cost ~10 s and ~700 MB to import, so they are imported inside the functions
+that convert; inspecting a finished ``.tflite`` needs only ai-edge-litert.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# mode -> needs calibration frames.  fp32 is always written; the others on request.
+QUANT_MODES: dict[str, bool] = {"int8": True, "int16x8": True, "float16": False}
+LOG_TAIL_CHARS = 4000
+
+
+class ConversionError(RuntimeError):
+    """An ONNX file could not be turned into TFLite; the message names the file and the cause."""
+
+
+class NonBuiltinOpError(ValueError):
+    """A ``.tflite`` uses Flex (TF Select) or custom ops, which stock runtimes and delegates lack."""
+
+
+def convert_onnx_to_tflite(
+    onnx_path: Path,
+    out_dir: Path,
+    calibration_nchw: np.ndarray | None,
+    int8_io: bool = True,
+    modes: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Convert ``onnx_path`` to ``{stem}_fp32.tflite`` and quantized variants in ``out_dir``.
+
+    ``modes`` picks the quantized variants from ``QUANT_MODES``; by default ``("int8",)`` when
+    calibration frames are given, else none.  ``calibration_nchw`` are packed RAW frames shaped like
+    the model input (NCHW, same scaling as at inference); they are transposed to NHWC and are the
+    only data the calibrated modes see.  ``int8_io`` gives the ``int8`` model int8 input/output so an
+    app feeds the quantized tensor directly; otherwise it keeps float I/O with quantize/dequantize
+    ops inside.  ``int16x8`` and ``float16`` always have float I/O.
+
+    Returns ``{"fp32": path, mode: path, ...}``.  Everything is built in a temporary folder and moved
+    into ``out_dir`` only when every requested file converted, so a failure leaves no ``.tflite``.
+    """
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    modes = tuple(modes) if modes is not None else (("int8",) if calibration_nchw is not None else ())
+    unknown = [m for m in modes if m not in QUANT_MODES]
+    if unknown:
+        raise ValueError(f"unknown TFLite mode(s) {unknown}; choose from {sorted(QUANT_MODES)}")
+    needs_frames = [m for m in modes if QUANT_MODES[m]]
+    if needs_frames and calibration_nchw is None:
+        raise ValueError(f"TFLite mode(s) {needs_frames} need calibration frames; got calibration_nchw=None")
+
+    onnx_inputs = _onnx_input_shapes(onnx_path)
+    frames = _check_calibration(calibration_nchw, onnx_inputs, onnx_path) if needs_frames else None
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tflite-build-", dir=out_dir))
+    try:
+        failure: BaseException | None = None
+        with _captured_output(work / "convert.log") as log_path:
+            try:
+                built = _build_all(onnx_path, work, frames, int8_io, modes)
+            except ImportError:
+                raise
+            except (Exception, SystemExit) as exc:  # onnx2tf reports many errors with sys.exit(1)
+                failure = exc
+        if failure is not None:
+            tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip()
+            detail = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
+            raise ConversionError(
+                f"could not convert ONNX file {onnx_path} to TFLite ({detail})"
+                + (f"\n--- converter output (tail) ---\n{tail}" if tail else "")
+            ) from failure
+        result: dict[str, Path] = {}
+        for key, tmp_file in built.items():
+            final = out_dir / f"{onnx_path.stem}_{key}.tflite"
+            os.replace(tmp_file, final)
+            result[key] = final
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _onnx_input_shapes(onnx_path: Path) -> list[tuple[str, tuple[int | None, ...]]]:
+    """Names and NCHW shapes of the graph inputs; an unreadable file is a ``ConversionError``."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ConversionError(f"could not convert ONNX file {onnx_path} to TFLite: not a valid ONNX model "
+                              f"({type(exc).__name__}: {exc})") from exc
+    init_names = {i.name for i in model.graph.initializer}
+    shapes = []
+    for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim)
+        shapes.append((inp.name, dims))
+    return shapes
+
+
+def _check_calibration(frames: np.ndarray | None, inputs: list[tuple[str, tuple[int | None, ...]]],
+                       onnx_path: Path) -> np.ndarray:
+    """Calibration must match the single 4-D model input (C, H, W) and be finite: NHWC float32 out."""
+    if len(inputs) != 1:
+        raise ValueError(f"calibration supports single-input models; {onnx_path} has {len(inputs)} inputs")
+    frames = np.asarray(frames)
+    _, shape = inputs[0]
+    if frames.ndim != 4 or len(shape) != 4 or any(
+            want is not None and got != want for got, want in zip(frames.shape[1:], shape[1:])):
+        raise ValueError(f"calibration frames must be NCHW like the model input {shape}; got {frames.shape}")
+    if len(frames) == 0 or not np.isfinite(frames).all():
+        raise ValueError("calibration frames must be a non-empty, finite array")
+    return np.ascontiguousarray(frames.transpose(0, 2, 3, 1), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _captured_output(log_path: Path) -> Iterator[Path]:
+    """Send stdout/stderr (Python and C++ alike) to ``log_path`` while converting.
+
+    TensorFlow's MLIR converter and onnx2tf print pages of progress from C++ and Python; on success
+    nobody needs it, and on failure its tail is the only place the cause is written.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no OS-level stdout/stderr (some daemons): capture Python's output only
+        saved = []
+    with open(log_path, "w", buffering=1) as log:
+        try:
+            for fd in (1, 2)[: len(saved)]:
+                os.dup2(log.fileno(), fd)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield log_path
+        finally:
+            _flush_c_stdio()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers so converter printf output lands in the log, not on the console later."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+def _build_all(onnx_path: Path, work: Path, frames: np.ndarray | None, int_io: bool,
+               modes: Sequence[str]) -> dict[str, Path]:
+    """Keras graph via onnx2tf once, then one TFLite file per mode in ``work``."""
+    import tensorflow as tf
+
+    keras_model, input_names, output_names = _onnx_to_keras(onnx_path, work)
+    spec = [tf.TensorSpec(t.shape, t.dtype, name=name) for t, name in zip(keras_model.inputs, input_names)]
+
+    def serve(*xs: Any) -> dict[str, Any]:
+        ys = keras_model(list(xs) if len(xs) > 1 else xs[0])
+        ys = ys if isinstance(ys, (list, tuple)) else [ys]
+        return dict(zip(output_names, ys))
+
+    concrete = tf.function(serve, input_signature=spec).get_concrete_function()
+    built: dict[str, Path] = {}
+    for key in ("fp32", *modes):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras_model)
+        _configure(tf, converter, key, frames, int_io, batch=keras_model.inputs[0].shape[0] or 1)
+        flatbuffer = _rename_io(converter.convert(), input_names, output_names)
+        built[key] = work / f"{key}.tflite"
+        built[key].write_bytes(flatbuffer)
+    return built
+
+
+def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[str]]:
+    """onnx2tf's NHWC Keras model of a simplified copy of ``onnx_path`` (onnx2tf edits files in place).
+
+    onnxsim runs through its Python API here: onnx2tf's own step shells out to an ``onnxsim``
+    executable that is missing from PATH whenever the virtualenv is not activated.
+    """
+    import onnx
+    import onnx2tf
+    import onnxsim
+
+    model = onnx.load(str(onnx_path))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+        model = simplified if ok else model
+    except Exception:  # simplification is an optimisation; onnx2tf copes with the original graph
+        pass
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    input_names = [i.name for i in inputs]
+    output_names = [o.name for o in model.graph.output]
+    copy = work / "model.onnx"
+    onnx.save(model, str(copy))
+    keras_model = onnx2tf.convert(
+        input_onnx_file_path=str(copy), output_folder_path=str(work / "onnx2tf"), disable_model_save=True,
+        not_use_onnxsim=True, non_verbose=True, verbosity="error",
+    )
+    if keras_model is None:
+        raise RuntimeError("onnx2tf returned no model")
+    for inp, tensor in zip(inputs, keras_model.inputs):
+        dims = [d.dim_value or None for d in inp.type.tensor_type.shape.dim]
+        if len(dims) == 4 and list(tensor.shape) != [dims[0], dims[2], dims[3], dims[1]]:
+            raise RuntimeError(f"onnx2tf gave input {inp.name} shape {tuple(tensor.shape)}, not NHWC of {dims}")
+    return keras_model, input_names, output_names
+
+
+def _configure(tf: Any, converter: Any, mode: str, frames: np.ndarray | None, int_io: bool, batch: int) -> None:
+    """Converter settings per mode; builtin ops only, so a Flex op is a conversion error, not a surprise."""
+    if mode == "fp32":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return
+    assert frames is not None
+    converter.representative_dataset = _representative(frames, batch)
+    if mode == "int8":  # per-channel int8 weights (converter default), per-tensor int8 activations
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8 if int_io else tf.float32
+        converter.inference_output_type = tf.int8 if int_io else tf.float32
+    elif mode == "int16x8":  # int16 activations, int8 weights; no XNNPACK kernels: slow on CPU
+        # TFLite's 16x8 quantizer lacks some ops (DEPTH_TO_SPACE in TF 2.21): those stay float,
+        # wrapped in QUANTIZE/DEQUANTIZE, instead of failing the whole conversion.  A float op can
+        # sit at the output, so this mode keeps float I/O.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS]
+    else:
+        raise ValueError(f"unknown TFLite mode {mode!r}")
+
+
+def _representative(frames: np.ndarray, batch: int) -> Any:
+    """Calibration batches of the model's fixed batch size, wrapping around to fill the last one."""
+    def generate() -> Iterator[list[np.ndarray]]:
+        for start in range(0, len(frames), batch):
+            idx = np.arange(start, start + batch) % len(frames)
+            yield [frames[idx]]
+    return generate
+
+
+def _rename_io(flatbuffer: bytes, input_names: Sequence[str], output_names: Sequence[str]) -> bytes:
+    """Give the TFLite I/O tensors the ONNX names (``raw``/``rgb``) instead of ``serving_default_raw:0``."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    graph = model.subgraphs[0]
+    for index, name in [*zip(graph.inputs, input_names), *zip(graph.outputs, output_names)]:
+        graph.tensors[index].name = name.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _op_codes(path: Path) -> list[tuple[str, bool]]:
+    """(name, is_builtin) per operator, in execution order, read from the flatbuffer (no interpreter:
+    a model with Flex ops cannot even be loaded without the TF Select delegate)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            code = model.OperatorCodes(graph.Operators(o).OpcodeIndex())
+            builtin = flatbuffer_utils.get_builtin_code_from_operator_code(code)
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                ops.append(((code.CustomCode() or b"CUSTOM").decode(), False))
+            else:
+                ops.append((names.get(builtin, f"BUILTIN_{builtin}"), True))
+    return ops
+
+
+def tflite_ops(path: Path) -> list[str]:
+    """Op names per operator in execution order (builtins as ``CONV_2D``; custom/Flex by custom code)."""
+    return [name for name, _ in _op_codes(path)]
+
+
+def assert_builtin_only(path: Path) -> None:
+    """Raise ``NonBuiltinOpError`` if ``path`` uses Flex or custom ops."""
+    others = sorted({name for name, builtin in _op_codes(path) if not builtin})
+    if others:
+        raise NonBuiltinOpError(f"{path} uses non-builtin ops {others}: stock TFLite runtimes and delegates "
+                                f"cannot run them")
+
+
+def tflite_io_details(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """JSON-ready ``{"inputs": [...], "outputs": [...]}``: name, shape, dtype, scale, zero_point.
+
+    ``scale``/``zero_point`` are None for float tensors: a quantized tensor means
+    ``real = scale * (q - zero_point)``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def describe(detail: dict[str, Any]) -> dict[str, Any]:
+        scale, zero_point = detail["quantization"]
+        quantized = scale != 0.0
+        return {
+            "name": str(detail["name"]),
+            "shape": [int(d) for d in detail["shape"]],
+            "dtype": np.dtype(detail["dtype"]).name,
+            "scale": float(scale) if quantized else None,
+            "zero_point": int(zero_point) if quantized else None,
+        }
+
+    return {"inputs": [describe(d) for d in interpreter.get_input_details()],
+            "outputs": [describe(d) for d in interpreter.get_output_details()]}
