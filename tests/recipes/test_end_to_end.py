@@ -46,7 +46,10 @@ def test_mlflow_holds_one_parent_with_seven_stage_runs(tiny_run: dict) -> None:
     export = next(c for c in children if c.data.tags["stage"] == "export")
     assert export.data.metrics["parity_psnr_db_tflite_fp32"] >= 60
     assert export.data.metrics["parity_psnr_db_onnx"] >= 60
-    assert export.data.metrics["psnr_tflite_int8"] > 10
+    # INT8 quality is reported next to fp32; a 6-step model is poor, but INT8 must track it closely
+    m = export.data.metrics
+    assert m["parity_psnr_db_tflite_int8"] > 30
+    assert abs(m["psnr_tflite_int8"] - m["psnr_tflite_fp32"]) < 1.0
 
 
 @pytest.mark.slow
