@@ -2,8 +2,8 @@
 
 The PyNET / MAI21 loaders pack an RGGB-sensor frame as ``(B, Gb, R, Gr)`` taken from
 ``raw[1::2,1::2], raw[0::2,1::2], raw[0::2,0::2], raw[1::2,0::2]``.  We keep that order for every
-pattern: the packed channels are always (B, G-in-B-row, R, G-in-R-row), so a model trained on one
-pattern sees the same channel semantics for another pattern.
+pattern: the packed channels are always (B, G in B's column, R, G in R's column) -- PyNET's naming --
+so a model trained on one pattern sees the same channel semantics for another pattern.
 """
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ PACKED_ORDER = ("B", "Gb", "R", "Gr")
 
 
 def colour_offsets(pattern: str) -> dict[str, tuple[int, int]]:
-    """Row/column offset inside the 2x2 tile of each colour site: B, Gb (G on a B row), R, Gr."""
+    """Row/column offset inside the 2x2 tile of each colour site: B, Gb (G in B's column), R, Gr."""
     pattern = pattern.upper()
     if pattern not in PATTERNS:
         raise ValueError(f"unknown Bayer pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
     tile = {(0, 0): pattern[0], (0, 1): pattern[1], (1, 0): pattern[2], (1, 1): pattern[3]}
     pos = {v: k for k, v in tile.items() if v != "G"}
-    r_row, b_row = pos["R"][0], pos["B"][0]
+    r_col, b_col = pos["R"][1], pos["B"][1]
     greens = [k for k, v in tile.items() if v == "G"]
-    g_in_r_row = next(k for k in greens if k[0] == r_row)
-    g_in_b_row = next(k for k in greens if k[0] == b_row)
-    return {"B": pos["B"], "Gb": g_in_b_row, "R": pos["R"], "Gr": g_in_r_row}
+    g_in_b_col = next(k for k in greens if k[1] == b_col)  # PyNET's Gb: raw[0::2, 1::2] for RGGB
+    g_in_r_col = next(k for k in greens if k[1] == r_col)  # PyNET's Gr: raw[1::2, 0::2] for RGGB
+    return {"B": pos["B"], "Gb": g_in_b_col, "R": pos["R"], "Gr": g_in_r_col}
 
 
 def pack_bayer(raw: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
