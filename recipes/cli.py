@@ -6,6 +6,7 @@ exit code 2, never a traceback.  A stage that fails its own gate exits 1 and lea
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def _summary(outcomes: list) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter is not news to the user
     from recipes.loader import RecipeError, load_recipe
 
     if args.command == "list":

@@ -65,9 +65,18 @@ def _input_shape(recipe: Recipe) -> tuple[int, int, int, int]:
     return (1, 4, h, w)
 
 
+def _quality(ctx: RunContext, model: nn.Module) -> dict[str, float]:
+    """``psnr``/``ssim`` on the held-out centre crops that the export stage also scores (so the key means
+    the same thing at every stage), and ``psnr_full``/``ssim_full`` on the whole held-out images."""
+    raws, rgbs = eval_crops(ctx)
+    crops = evaluate(model, list(zip(torch.from_numpy(raws), torch.from_numpy(rgbs))))
+    full = evaluate(model, ctx.data.eval_tensors())
+    return {**crops, "psnr_full": full["psnr"], "ssim_full": full["ssim"]}
+
+
 def _model_metrics(ctx: RunContext, model: nn.Module, model_dir: Path) -> dict[str, float]:
     """Quality on the held-out images plus the size figures every model stage reports."""
-    metrics = evaluate(model, ctx.data.eval_tensors())
+    metrics = _quality(ctx, model)
     metrics.update(
         params=count_params(model),
         macs=count_macs(model, _input_shape(ctx.recipe)),
@@ -127,7 +136,7 @@ def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[s
     shape = _input_shape(ctx.recipe)
     before = {"params_before": count_params(model), "macs_before": count_macs(model, shape)}
     widths = prune_model(model, torch.zeros(shape), cfg)
-    after_prune = evaluate(model, ctx.data.eval_tensors())
+    after_prune = _quality(ctx, model)
     kd = OutputKD(teacher=dense, weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
     train(model, ctx.data.train_set, cfg.finetune, seed=ctx.recipe.seed + 2, kd=kd, log=_train_log(ctx),
           desc="prune fine-tune")
@@ -210,7 +219,7 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dic
     ctx.tracker.log_artifact(folder / "activation_ranges.json")
     outlier_ratio = max((s["max"] - s["min"]) / max(2 * s["p9999_abs"], 1e-12) for s in ranges.values())
     metrics = {
-        **evaluate(model, ctx.data.eval_tensors()),
+        **_quality(ctx, model),
         "params": count_params(model),
         "macs": count_macs(model, _input_shape(ctx.recipe)),
         "size_kb": size_kb(ctx.model_dir() / "model.pt"),

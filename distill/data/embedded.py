@@ -8,6 +8,8 @@ chessboard, phantom) are left out: they teach an ISP nothing about real scenes.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import importlib.resources
 from dataclasses import dataclass
@@ -103,9 +105,21 @@ def _photo(name: str, max_side: int | None, multiple: int) -> np.ndarray:
     return array
 
 
-def make_pair(srgb: np.ndarray, name: str, rng: np.random.Generator, pattern: str = "RGGB") -> RawRgbPair:
-    """Unprocess one sRGB ``(H, W, 3)`` float image in [0, 1] with a camera drawn from ``rng``."""
+SENSOR_STREAM = 10_000  # rng stream of the dataset's sensor, apart from the per-photo streams
+
+
+def make_pair(srgb: np.ndarray, name: str, rng: np.random.Generator, pattern: str = "RGGB",
+              sensor: CameraModel | None = None) -> RawRgbPair:
+    """Unprocess one sRGB ``(H, W, 3)`` float image in [0, 1].
+
+    Without ``sensor`` the whole camera is drawn from ``rng`` (Brooks et al.'s setting, for denoising).
+    With it, the sensor's colour matrix is kept and only the scene-dependent parts (white balance,
+    exposure, noise level) are drawn: one phone, many scenes, as in a real learned-ISP dataset, so
+    the RAW -> sRGB colour mapping is learnable.
+    """
     camera = CameraModel.sample(rng)
+    if sensor is not None:
+        camera = dataclasses.replace(camera, rgb_to_cam=sensor.rgb_to_cam)
     mosaic = unprocess(srgb, camera, pattern=pattern, rng=rng)
     raw = np.ascontiguousarray(pack_bayer(mosaic, pattern).transpose(2, 0, 1), dtype=np.float32)
     rgb = np.ascontiguousarray(srgb.transpose(2, 0, 1), dtype=np.float32)
@@ -120,8 +134,8 @@ def load_embedded(
 ) -> list[RawRgbPair]:
     """RAW/sRGB pairs from the bundled photos: ``train`` (7 photos) or ``eval`` (2 held-out photos).
 
-    Each photo gets its own camera and noise from ``np.random.default_rng([seed, i])`` with ``i`` its
-    position in ``PHOTO_FILES``, so a photo's RAW does not depend on which split or subset is loaded
+    One sensor (colour matrix) per seed; each photo gets its own white balance, exposure and noise from
+    ``np.random.default_rng([seed, i])`` with ``i`` its position in ``PHOTO_FILES``, so a photo's RAW does not depend on which split or subset is loaded
     and the same seed always gives bit-identical arrays.  Training photos are cut to even sizes,
     held-out ones to multiples of ``EVAL_MULTIPLE`` RGB pixels.
     """
@@ -134,8 +148,10 @@ def load_embedded(
     names = TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS
     multiple = 2 if split == "train" else EVAL_MULTIPLE
     index_of = {name: i for i, name in enumerate(PHOTO_FILES)}
+    sensor = CameraModel.sample(np.random.default_rng([seed, SENSOR_STREAM]))
     pairs = []
     for name in names:
         srgb = _photo(name, max_side, multiple).astype(np.float32) / 255.0
-        pairs.append(make_pair(srgb, name, np.random.default_rng([seed, index_of[name]]), pattern))
+        rng = np.random.default_rng([seed, index_of[name]])
+        pairs.append(make_pair(srgb, name, rng, pattern, sensor=sensor))
     return pairs
