@@ -62,7 +62,6 @@ def _summary(outcomes: list) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter is not news to the user
     from recipes.loader import RecipeError, load_recipe
 
     if args.command == "list":
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from recipes.runner import StageError, run_recipe
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter (after mlflow's own setup)
 
     try:
         from distill.data.errors import DataError
