@@ -91,6 +91,8 @@ def stage_key(name: str, config: Any, recipe: Recipe, upstream: str) -> str:
         "seed": recipe.seed,
         "upstream": upstream,
     }
+    if name == "quantize":  # calibration crops are cut at the export input size
+        payload["input_size"] = list(recipe.export.input_size)
     if name == "export":  # export reads the calibration, data and model of earlier stages, and its own size
         payload["quantize"] = recipe.quantize.model_dump(mode="json")
     if name == "handoff":

@@ -7,12 +7,13 @@ registered models and losses.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.prune import PruneTarget
 from distill.data.bayer import PATTERNS
+from distill.losses import LOSSES
 from distill.trainer import TrainSpec
 
 
@@ -66,45 +67,48 @@ class DataSpec(Strict):
         return self.train_split or train, self.eval_split or evaluation
 
 
-def _registered(registry: Any, name: str) -> str:
-    if name not in registry:
-        raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
-    return name
-
-
 class ModelBlock(Strict):
+    """A registered model by name and its config; ``family`` says which registry to check."""
+
+    family: ClassVar[str]
     model: str
     config: dict[str, Any] = Field(default_factory=dict)
 
-
-class TeacherStage(ModelBlock):
-    model: str = "punet"
-    train: TrainSpec = Field(default_factory=TrainSpec)
-
     @field_validator("model")
     @classmethod
-    def _known(cls, value: str) -> str:
+    def _registered(cls, name: str) -> str:
+        from students import STUDENTS
         from teachers import TEACHERS
 
-        return _registered(TEACHERS, value)
+        registry = TEACHERS if cls.family == "teacher" else STUDENTS
+        if name not in registry:
+            raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+        return name
+
+
+class TeacherStage(ModelBlock):
+    family: ClassVar[str] = "teacher"
+    model: str = "punet"
+    train: TrainSpec = Field(default_factory=TrainSpec)
 
 
 class DistillSpec(Strict):
     output_kd: float = Field(0.5, ge=0, description="weight of the teacher-output term")
     loss: str = "l1"
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        return name
+
 
 class StudentStage(ModelBlock):
+    family: ClassVar[str] = "student"
     model: str = "smallnet"
     train: TrainSpec = Field(default_factory=TrainSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
-
-    @field_validator("model")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        from students import STUDENTS
-
-        return _registered(STUDENTS, value)
 
 
 class PruneStage(PruneTarget):

@@ -90,3 +90,8 @@ def test_extends_merges_one_level(tmp_path) -> None:
     grandchild.write_text("extends: child.yaml\nname: g\n")
     with pytest.raises(RecipeError, match="only one level"):
         load_recipe(grandchild)
+
+
+def test_unknown_distillation_loss(tmp_path, capsys) -> None:
+    err = _cli_error(capsys, str(_write(tmp_path, "name: r\nstudent: {distill: {loss: l7}}\n")))
+    assert "student.distill.loss" in err and "unknown loss 'l7'" in err
