@@ -44,19 +44,31 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str) -> LossFn:
+# Terms that need a setting from the recipe (a weights file) and so are built by the caller.
+CONFIGURED_LOSSES = ("perceptual",)
+KNOWN_LOSSES = tuple(sorted([*LOSSES, *CONFIGURED_LOSSES]))
+
+
+def get_loss(name: str, configured: dict[str, LossFn] | None = None) -> LossFn:
+    if configured and name in configured:
+        return configured[name]
+    if name in CONFIGURED_LOSSES:
+        raise KeyError(f"loss {name!r} needs its settings (e.g. train.perceptual.weights) in the recipe")
     if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(KNOWN_LOSSES)}")
     return LOSSES[name]
 
 
 class WeightedLoss:
-    """``sum_i w_i * loss_i(pred, target)``; returns the total and each term's value for logging."""
+    """``sum_i w_i * loss_i(pred, target)``; returns the total and each term's value for logging.
 
-    def __init__(self, weights: dict[str, float]) -> None:
+    ``configured`` supplies the terms that need settings, e.g. ``{"perceptual": PerceptualLoss(path)}``.
+    """
+
+    def __init__(self, weights: dict[str, float], configured: dict[str, LossFn] | None = None) -> None:
         if not weights:
             raise ValueError("a loss needs at least one named term")
-        self.terms = {name: (get_loss(name), float(w)) for name, w in weights.items()}
+        self.terms = {name: (get_loss(name, configured), float(w)) for name, w in weights.items()}
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         total = pred.new_zeros(())

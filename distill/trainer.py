@@ -7,21 +7,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.losses import LOSSES, WeightedLoss, get_loss
+from distill.losses import KNOWN_LOSSES, WeightedLoss, get_loss
 from distill.metrics import psnr, ssim
 
 if TYPE_CHECKING:
     from distill.data.datasets import PairedPatchDataset
 
 LogFn = Callable[[dict[str, float], int], None]
+
+
+class PerceptualSpec(BaseModel):
+    """A VGG-19 feature loss; the weights are a local torchvision state_dict (never downloaded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: Path
+    layer: str = "relu5_4"
+
+    @field_validator("weights")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"perceptual loss weights file {str(value)!r} not found (nothing is downloaded)")
+        return value
 
 
 class TrainSpec(BaseModel):
@@ -34,17 +52,56 @@ class TrainSpec(BaseModel):
     batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     losses: dict[str, float] = Field(default_factory=lambda: {"l1": 1.0})
+    perceptual: PerceptualSpec | None = Field(None, description="settings of the 'perceptual' loss term")
     log_every: int = Field(10, ge=1)
 
     @field_validator("losses")
     @classmethod
     def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
         for name in value:
-            if name not in LOSSES:
-                raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+            if name not in KNOWN_LOSSES:
+                raise ValueError(f"unknown loss {name!r}; known: {', '.join(KNOWN_LOSSES)}")
         if not value:
             raise ValueError("needs at least one loss term")
         return value
+
+    @model_validator(mode="after")
+    def _perceptual_configured(self) -> "TrainSpec":
+        if "perceptual" in self.losses and self.perceptual is None:
+            raise ValueError("loss 'perceptual' needs perceptual.weights: a local VGG-19 state_dict file")
+        return self
+
+    def criterion(self) -> WeightedLoss:
+        configured = {}
+        if self.perceptual is not None and "perceptual" in self.losses:
+            from distill.perceptual import PerceptualLoss
+
+            configured["perceptual"] = PerceptualLoss(self.perceptual.weights, self.perceptual.layer)
+        return WeightedLoss(self.losses, configured)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model is trained and scored on, beyond plain packed RAW -> full-resolution RGB.
+
+    ``level`` > 0: a multi-level model (PyNET) is run to that level, and the target is the RGB image
+    area-downsampled by 2^level (PyNET's per-level targets).  ``clean_image``: the model maps the clean
+    target J to itself (the LW-ISP paper's clean-image teacher g(J) -> J), so RAW is not used.
+    """
+
+    level: int = 0
+    clean_image: bool = False
+
+    def inputs_targets(self, raw: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = rgb if self.clean_image else raw
+        target = F.avg_pool2d(rgb, 2**self.level) if self.level else rgb
+        return x, target
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x, level=self.level) if self.level else model(x)
+
+
+DEFAULT_TASK = Task()
 
 
 @dataclass
@@ -83,11 +140,17 @@ def train(
     kd: OutputKD | None = None,
     log: LogFn | None = None,
     desc: str = "train",
+    task: Task = DEFAULT_TASK,
+    criterion: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps."""
+    """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps.
+
+    ``criterion`` replaces the recipe's weighted loss for models with their own objective (AA-UNet's
+    multi-level loss receives the model's raw input and the target instead of one prediction).
+    """
     torch.manual_seed(seed)
     model.train()
-    criterion = WeightedLoss(spec.losses)
+    criterion = criterion or spec.criterion()
     kd_fn = get_loss(kd.loss) if kd else None
     if kd:
         kd.teacher.eval()
@@ -101,12 +164,12 @@ def train(
     batches = _batches(dataset, spec.batch_size, seed)
     bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
     for step in bar:
-        raw, rgb = next(batches)
-        pred = model(raw)
-        loss, parts = criterion(pred, rgb)
+        x, target = task.inputs_targets(*next(batches))
+        pred = task.forward(model, x)
+        loss, parts = criterion(pred, target)
         if kd and kd_fn:
             with torch.no_grad():
-                soft = kd.teacher(raw)
+                soft = task.forward(kd.teacher, x)
             kd_term = kd_fn(pred, soft)
             parts["kd_output"] = float(kd_term.detach())
             loss = loss + kd.weight * kd_term
@@ -128,19 +191,22 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, raw: torch.Tensor) -> torch.Tensor:
+def predict(model: nn.Module, raw: torch.Tensor, task: Task = DEFAULT_TASK) -> torch.Tensor:
     model.eval()
-    return model(raw).clamp(0, 1)
+    return task.forward(model, raw).clamp(0, 1)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Mean PSNR / SSIM over held-out full images (each pair: packed RAW (4,h,w), RGB (3,2h,2w))."""
+def evaluate(
+    model: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], task: Task = DEFAULT_TASK
+) -> dict[str, float]:
+    """Mean PSNR / SSIM over held-out images (each pair: packed RAW (4,h,w), RGB (3,2h,2w))."""
     if not pairs:
         raise ValueError("evaluation needs at least one held-out image")
     scores = {"psnr": 0.0, "ssim": 0.0}
     for raw, rgb in pairs:
-        out = predict(model, raw.unsqueeze(0))
-        scores["psnr"] += psnr(out, rgb.unsqueeze(0))
-        scores["ssim"] += ssim(out, rgb.unsqueeze(0))
+        x, target = task.inputs_targets(raw.unsqueeze(0), rgb.unsqueeze(0))
+        out = predict(model, x, task)
+        scores["psnr"] += psnr(out, target)
+        scores["ssim"] += ssim(out, target)
     return {k: v / len(pairs) for k, v in scores.items()}

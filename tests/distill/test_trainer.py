@@ -1,0 +1,82 @@
+import torch
+from torch import nn
+
+from distill.trainer import OutputKD, Task, TrainSpec, evaluate, train
+
+
+class Pairs(torch.utils.data.Dataset):
+    """RAW whose RGB target is a fixed function of it, so a 1x1 conv + shuffle can learn it."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.raw = torch.rand(16, 4, 8, 8, generator=g)
+        self.rgb = nn.functional.pixel_shuffle(self.raw[:, [0, 1, 2, 3] * 3] * 0.5, 2)[:, :3]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        return self.raw[i], self.rgb[i]
+
+
+class Tiny(nn.Module):
+    def __init__(self, cin: int = 4, scale: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 3 * scale * scale, 1)
+        self.shuffle = nn.PixelShuffle(scale)
+
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        y = self.shuffle(self.conv(x))
+        return nn.functional.avg_pool2d(y, 2**level) if level else y
+
+
+def test_training_improves_held_out_psnr_and_is_seeded() -> None:
+    data = Pairs()
+    held_out = [(data.raw[i], data.rgb[i]) for i in range(2)]
+    torch.manual_seed(1)
+    model = Tiny()
+    before = evaluate(model, held_out)["psnr"]
+    spec = TrainSpec(steps=60, lr=2e-2, batch_size=4, losses={"mse": 1.0}, log_every=20)
+    logged = []
+    result = train(model, data, spec, seed=3, log=lambda m, s: logged.append(s))
+    assert evaluate(model, held_out)["psnr"] > before + 3
+    assert logged == [0, 20, 40, 59] and result.history[-1]["step"] == 59
+    torch.manual_seed(1)
+    twin = Tiny()
+    train(twin, data, spec, seed=3)
+    assert torch.equal(twin.conv.weight, model.conv.weight)
+
+
+def test_level_task_downsamples_the_target() -> None:
+    raw, rgb = torch.rand(1, 4, 8, 8), torch.rand(1, 3, 16, 16)
+    x, target = Task(level=2).inputs_targets(raw, rgb)
+    assert x is raw and target.shape == (1, 3, 4, 4)
+    assert torch.allclose(target[0, :, 0, 0], rgb[0, :, :4, :4].mean(dim=(1, 2)))
+    assert Task(level=2).forward(Tiny(), raw).shape == (1, 3, 4, 4)
+
+
+def test_clean_image_task_maps_the_target_to_itself() -> None:
+    data = Pairs()
+    model = Tiny(cin=3, scale=1)
+    task = Task(clean_image=True)
+    pairs = [(data.raw[i], data.rgb[i]) for i in range(2)]
+    before = evaluate(model, pairs, task)["psnr"]
+    train(model, data, TrainSpec(steps=100, lr=5e-2, batch_size=4, losses={"mse": 1.0}), task=task)
+    after = evaluate(model, pairs, task)["psnr"]
+    assert after > before + 5, (before, after)
+
+
+def test_output_kd_term_is_logged_and_pulls_towards_teacher() -> None:
+    data = Pairs()
+    teacher = Tiny()
+    nn.init.zeros_(teacher.conv.weight)
+    nn.init.zeros_(teacher.conv.bias)
+    student = Tiny()
+    result = train(student, data, TrainSpec(steps=40, lr=2e-2, batch_size=4, losses={"mse": 1.0}),
+                   kd=OutputKD(teacher=teacher, weight=10.0, loss="mse"))
+    assert "kd_output" in result.history[0]
+    assert student(data.raw[:4]).abs().mean() < data.rgb[:4].abs().mean()  # pulled towards the zero teacher
