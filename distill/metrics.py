@@ -21,8 +21,19 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean SSIM (Gaussian 11x11, sigma 1.5) for images in [0, 1]."""
-    return float(structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0))
+    """Mean SSIM (Gaussian 11x11, sigma 1.5) for images in [0, 1].
+
+    Images too small for that window (PyNET's coarsest level is 1/32 of the input) use the largest odd
+    uniform window that fits, so every level gets a score; the papers' figures are all at full size.
+    """
+    side = min(pred.shape[-2:])
+    if side > 11:
+        return float(structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0))
+    if side < 3:
+        return float("nan")
+    kernel = side - 1 if side % 2 == 0 else side
+    return float(structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0,
+                                                     gaussian_kernel=False, kernel_size=kernel))
 
 
 def ms_ssim_betas(height: int, width: int, kernel_size: int = 11) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,7 @@ class Task:
 
     level: int = 0
     clean_image: bool = False
+    multilevel: bool = False  # train on ``model.forward_levels(x)`` (AA-UNet); scoring uses the final image
 
     def inputs_targets(self, raw: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = rgb if self.clean_image else raw
@@ -99,6 +100,9 @@ class Task:
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x, level=self.level) if self.level else model(x)
+
+    def train_forward(self, model: nn.Module, x: torch.Tensor) -> Any:
+        return model.forward_levels(x) if self.multilevel else self.forward(model, x)
 
 
 DEFAULT_TASK = Task()
@@ -141,7 +145,7 @@ def train(
     log: LogFn | None = None,
     desc: str = "train",
     task: Task = DEFAULT_TASK,
-    criterion: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
+    criterion: Callable[[Any, torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps.
 
@@ -165,7 +169,7 @@ def train(
     bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
     for step in bar:
         x, target = task.inputs_targets(*next(batches))
-        pred = task.forward(model, x)
+        pred = task.train_forward(model, x)
         loss, parts = criterion(pred, target)
         if kd and kd_fn:
             with torch.no_grad():

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(_summary(outcomes))
     print()
-    print(f"hand-off bundle : {bundle}")
+    if bundle:
+        print(f"hand-off bundle : {bundle}")
     print(f"MLflow store    : {uri} (parent run {parent_id})")
     print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recipes.loader import flatten, recipe_hash
-from recipes.schema import Recipe
+from recipes.schema import STAGE_ORDER, Recipe
 from recipes.tracking import Tracker, default_tracking_uri
 
 CACHE_VERSION = "1"
@@ -79,7 +79,8 @@ def stage_plan(recipe: Recipe) -> list[tuple[str, Any]]:
     if recipe.fold.enabled:
         plan.append(("fold", recipe.fold))
     plan += [("quantize", recipe.quantize), ("export", recipe.export), ("handoff", recipe.handoff)]
-    return plan
+    last = STAGE_ORDER.index(recipe.run_until)
+    return [(name, cfg) for name, cfg in plan if STAGE_ORDER.index(name) <= last]
 
 
 def stage_key(name: str, config: Any, recipe: Recipe, upstream: str) -> str:

@@ -86,10 +86,60 @@ class ModelBlock(Strict):
         return name
 
 
+class LevelSpec(Strict):
+    """One step of PyNET's level-wise schedule: train the output of ``level`` (5 coarsest ... 0 finest)."""
+
+    level: int = Field(ge=0, le=5)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
 class TeacherStage(ModelBlock):
     family: ClassVar[str] = "teacher"
     model: str = "punet"
     train: TrainSpec = Field(default_factory=TrainSpec)
+    levels: list[LevelSpec] | None = Field(
+        None, description="level-wise schedule, coarsest first (PyNET); replaces train when given")
+    multilevel_loss: dict[str, float] | None = Field(
+        None, description="AA-UNet multi-level loss terms l<level>_<mse|ssim>: weight; replaces train.losses")
+    clean_image: bool = Field(False, description="learn g(J) -> J on the target RGB (LW-ISP clean-image teacher)")
+
+    @field_validator("levels")
+    @classmethod
+    def _coarse_to_fine(cls, levels: list[LevelSpec] | None) -> list[LevelSpec] | None:
+        if levels is not None:
+            order = [lv.level for lv in levels]
+            if not order or order != sorted(order, reverse=True) or len(set(order)) != len(order):
+                raise ValueError(f"levels must run coarsest first without repeats (e.g. 5,4,...,0); got {order}")
+            if order[-1] != 0:
+                raise ValueError(f"the schedule must end at level 0 (the full-resolution output); got {order}")
+        return levels
+
+    @field_validator("multilevel_loss")
+    @classmethod
+    def _known_terms(cls, terms: dict[str, float] | None) -> dict[str, float] | None:
+        if terms is not None:
+            from teachers.aaunet import parse_loss_term
+
+            if not terms:
+                raise ValueError("needs at least one term, e.g. {l1_mse: 1.0, l2_mse: 1.0}")
+            for name in terms:
+                try:
+                    parse_loss_term(name)
+                except KeyError as exc:
+                    raise ValueError(exc.args[0]) from None
+        return terms
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> "TeacherStage":
+        if self.levels and (self.multilevel_loss or self.clean_image):
+            raise ValueError("levels (PyNET level-wise training) cannot be combined with multilevel_loss "
+                             "or clean_image")
+        from teachers import TEACHERS
+
+        if self.levels and not hasattr(TEACHERS.create(self.model, **self.config), "forward_levels"):
+            raise ValueError(f"teacher {self.model!r} has no levels; a levels schedule needs a multi-level "
+                             "model such as pynet")
+        return self
 
 
 class DistillSpec(Strict):
@@ -143,10 +193,15 @@ class HandoffStage(Strict):
     name: str | None = Field(None, description="bundle folder name; defaults to the recipe name")
 
 
+STAGE_ORDER = ("teacher", "student", "prune", "fold", "quantize", "export", "handoff")
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
+    run_until: Literal["teacher", "student", "prune", "fold", "quantize", "export", "handoff"] = Field(
+        "handoff", description="last stage to run (e.g. 'teacher' for a teacher-only recipe)")
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherStage | None = None
     student: StudentStage = Field(default_factory=StudentStage)
@@ -155,6 +210,17 @@ class Recipe(Strict):
     quantize: QuantizeStage = Field(default_factory=QuantizeStage)
     export: ExportStage = Field(default_factory=ExportStage)
     handoff: HandoffStage = Field(default_factory=HandoffStage)
+
+    @model_validator(mode="after")
+    def _teacher_fits_student(self) -> "Recipe":
+        runs_student = STAGE_ORDER.index(self.run_until) >= STAGE_ORDER.index("student")
+        if self.run_until == "teacher" and self.teacher is None:
+            raise ValueError("run_until: teacher needs a teacher block")
+        if (runs_student and self.teacher is not None and self.teacher.clean_image
+                and self.student.distill.output_kd > 0):
+            raise ValueError("student.distill.output_kd needs a RAW teacher: a clean-image teacher sees the target "
+                             "J, not RAW, so set output_kd: 0 (it supervises through feature distillation)")
+        return self
 
     @property
     def bundle_name(self) -> str:

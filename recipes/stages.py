@@ -22,7 +22,7 @@ from compress.checkpoint import ModelSpec, build_model, load_model, save_model
 from compress.fold import fold_model
 from compress.profile import count_macs, count_params, size_kb
 from compress.prune import prune_model
-from distill.trainer import OutputKD, evaluate, predict, train
+from distill.trainer import DEFAULT_TASK, OutputKD, Task, evaluate, predict, train
 from distill.visualize import sample_grid, save_png
 from recipes.runner import RunContext, StageError, git_sha
 from recipes.loader import recipe_hash
@@ -60,59 +60,99 @@ def load_run_data(recipe: Recipe) -> RunData:
     return RunData(train_pairs=train_pairs, eval_pairs=eval_pairs, train_set=train_set)
 
 
-def _input_shape(recipe: Recipe) -> tuple[int, int, int, int]:
+def _input_shape(recipe: Recipe, task: Task = DEFAULT_TASK) -> tuple[int, int, int, int]:
+    """The export input (packed RAW), or the RGB it covers for a clean-image model."""
     h, w = recipe.export.input_size
-    return (1, 4, h, w)
+    return (1, 3, 2 * h, 2 * w) if task.clean_image else (1, 4, h, w)
 
 
-def _quality(ctx: RunContext, model: nn.Module) -> dict[str, float]:
+def _full_image_tensors(ctx: RunContext, multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Held-out images centre-cropped to a multiple of 32 packed pixels (PyNET's five poolings)."""
+    pairs = []
+    for raw, rgb in ctx.data.eval_tensors():
+        h, w = raw.shape[1] // multiple * multiple, raw.shape[2] // multiple * multiple
+        y, x = (raw.shape[1] - h) // 2, (raw.shape[2] - w) // 2
+        pairs.append((raw[:, y : y + h, x : x + w], rgb[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]))
+    return pairs
+
+
+def _quality(ctx: RunContext, model: nn.Module, task: Task = DEFAULT_TASK) -> dict[str, float]:
     """``psnr``/``ssim`` on the held-out centre crops that the export stage also scores (so the key means
-    the same thing at every stage), and ``psnr_full``/``ssim_full`` on the whole held-out images."""
+    the same thing at every stage), and ``psnr_full``/``ssim_full`` on (nearly) whole held-out images."""
     raws, rgbs = eval_crops(ctx)
-    crops = evaluate(model, list(zip(torch.from_numpy(raws), torch.from_numpy(rgbs))))
-    full = evaluate(model, ctx.data.eval_tensors())
+    crops = evaluate(model, list(zip(torch.from_numpy(raws), torch.from_numpy(rgbs))), task)
+    full = evaluate(model, _full_image_tensors(ctx), task)
     return {**crops, "psnr_full": full["psnr"], "ssim_full": full["ssim"]}
 
 
-def _model_metrics(ctx: RunContext, model: nn.Module, model_dir: Path) -> dict[str, float]:
+def _model_metrics(ctx: RunContext, model: nn.Module, model_dir: Path, task: Task = DEFAULT_TASK) -> dict[str, float]:
     """Quality on the held-out images plus the size figures every model stage reports."""
-    metrics = _quality(ctx, model)
+    metrics = _quality(ctx, model, task)
     metrics.update(
         params=count_params(model),
-        macs=count_macs(model, _input_shape(ctx.recipe)),
+        macs=count_macs(model, _input_shape(ctx.recipe, task)),
         size_kb=size_kb(model_dir / "model.pt"),
     )
     return metrics
 
 
-def _log_samples(ctx: RunContext, model: nn.Module, folder: Path, stage: str) -> None:
-    pair = ctx.data.eval_pairs[0]
-    out = predict(model, torch.from_numpy(pair.raw).unsqueeze(0))[0].numpy()
-    path = save_png(sample_grid(pair.raw, out, pair.rgb), folder / f"samples_{stage}.png")
+def _log_samples(ctx: RunContext, model: nn.Module, folder: Path, stage: str, task: Task = DEFAULT_TASK) -> None:
+    pair = _full_image_tensors(ctx)[0]
+    x, target = task.inputs_targets(pair[0].unsqueeze(0), pair[1].unsqueeze(0))
+    out = predict(model, x, task)[0].numpy()
+    path = save_png(sample_grid(pair[0].numpy(), out, target[0].numpy()), folder / f"samples_{stage}.png")
     ctx.tracker.log_artifact(path, artifact_path="samples")
 
 
 def _finish_model_stage(ctx: RunContext, folder: Path, stage: str, model: nn.Module, spec: ModelSpec,
-                        extra: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+                        extra: dict[str, float] | None = None, task: Task = DEFAULT_TASK,
+                        ) -> tuple[dict[str, float], dict[str, str]]:
     model_dir = save_model(model, spec, folder / "model")
-    metrics = {**_model_metrics(ctx, model, model_dir), **(extra or {})}
+    metrics = {**_model_metrics(ctx, model, model_dir, task), **(extra or {})}
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_artifact(model_dir, artifact_path="checkpoint")
-    _log_samples(ctx, model, folder, stage)
+    _log_samples(ctx, model, folder, stage, task)
     return metrics, {"model": str(model_dir)}
 
 
-def _train_log(ctx: RunContext):
-    return lambda metrics, step: ctx.tracker.log_metrics(metrics, step=step)
+def _train_log(ctx: RunContext, prefix: str = ""):
+    return lambda metrics, step: ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
 
 def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Train the teacher: plainly, level by level (PyNET), with a multi-level loss (AA-UNet), or as a
+    clean-image teacher g(J) -> J.  ``psnr_initial`` is logged before training for comparison."""
     cfg = ctx.recipe.teacher
     assert cfg is not None
     spec = ModelSpec(family="teacher", name=cfg.model, config=cfg.config)
     model = build_model(spec)
-    result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed, log=_train_log(ctx), desc="teacher")
-    return _finish_model_stage(ctx, folder, "teacher", model, spec, {"final_loss": result.final_loss})
+    task = Task(clean_image=cfg.clean_image, multilevel=cfg.multilevel_loss is not None)
+    extra = {"psnr_initial": _quality(ctx, model, task)["psnr"]}
+    ctx.tracker.log_metrics(extra)
+    if cfg.levels:
+        eval_pairs = _full_image_tensors(ctx)
+        for step in cfg.levels:
+            level_task = Task(level=step.level)
+            prefix = f"level{step.level}_"
+            result = train(model, ctx.data.train_set, step.train, seed=ctx.recipe.seed + step.level,
+                           log=_train_log(ctx, prefix), desc=f"teacher level {step.level}", task=level_task)
+            scores = evaluate(model, eval_pairs, level_task)
+            level_metrics = {f"{prefix}psnr": scores["psnr"], f"{prefix}ssim": scores["ssim"],
+                             f"{prefix}final_loss": result.final_loss}
+            ctx.tracker.log_metrics(level_metrics)
+            extra.update(level_metrics)
+            save_model(model, spec, folder / f"level{step.level}")  # the next level starts from these weights
+    else:
+        criterion = None
+        if cfg.multilevel_loss is not None:
+            from teachers.aaunet import aaunet_multilevel_loss
+
+            weights = cfg.multilevel_loss
+            criterion = lambda outputs, target: aaunet_multilevel_loss(outputs, target, weights)  # noqa: E731
+        result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed, log=_train_log(ctx),
+                       desc="teacher", task=task, criterion=criterion)
+        extra["final_loss"] = result.final_loss
+    return _finish_model_stage(ctx, folder, "teacher", model, spec, extra, task)
 
 
 def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:

@@ -1,5 +1,8 @@
 """Large ISP networks that supervise students. Build them by name with ``create_teacher``."""
+from teachers import aaunet as _aaunet  # noqa: F401
+from teachers import clean_image as _clean_image  # noqa: F401
 from teachers import punet as _punet  # noqa: F401  (registers its models)
+from teachers import pynet as _pynet  # noqa: F401  (registers its models)
 from teachers.registry import TEACHERS
 
 

@@ -1,0 +1,21 @@
+"""Clean-image teachers (LW-ISP paper, seed 004, Sec. 3.3 and 3.5).
+
+A clean-image teacher g learns the identity-like mapping g(J) -> J on the clean target RGB J with
+``(g(J) - J)^2 + gamma * (1 - MS-SSIM)``.  Its body is the body of the student it will supervise, minus
+the upsampling block (J is already at full resolution), so its intermediate features live in the same
+space as the student's and can be matched layer by layer (heterogeneous distillation: the teacher
+sees J, the student sees RAW).  Train one with ``clean_image: true`` in the teacher stage.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from teachers.registry import TEACHERS
+
+
+@TEACHERS.register("smallnet_clean")
+def smallnet_clean(width: int = 16, batch_norm: bool = False) -> nn.Module:
+    """Smallnet's three convs on 3-channel RGB, no pixel shuffle: (N, 3, H, W) -> (N, 3, H, W)."""
+    from students.smallnet import Smallnet  # imported here: students' registry imports teachers.registry
+
+    return Smallnet(width=width, in_channels=3, out_channels=3, scale=1, batch_norm=batch_norm)
