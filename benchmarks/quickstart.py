@@ -18,11 +18,8 @@ import time
 from pathlib import Path
 
 import psutil
+from report import publish  # benchmarks/report.py (this script's folder)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "quickstart.json"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
 
 
 class PeakSampler(threading.Thread):
@@ -44,22 +41,15 @@ class PeakSampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def write_table(result: dict) -> None:
+def publish_result(result: dict) -> None:
     rows = ["| stage | wall s | peak RSS MB | PSNR dB |", "|---|---|---|---|"]
     for s in result["stages"]:
         psnr = f"{s['psnr']:.2f}" if s.get("psnr") is not None else "-"
         rows.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {psnr} |")
     rows.append(f"| **total** | **{result['total_seconds']:.1f}** | {result['peak_rss_mb']:.0f} | |")
-    table = "\n".join([BEGIN, f"Measured {result['date']} on {result['machine']} "
-                       f"({result['cpus']} CPUs), recipe `{result['recipe']}` with overrides "
-                       f"{result['overrides'] or 'none'}.", "", *rows, END])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + table + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Quickstart recipe: time and memory per stage\n\n" + table + "\n"
-    DOC.write_text(text)
+    intro = (f"Measured {result['date']} on {result['machine']} ({result['cpus']} CPUs), recipe "
+             f"`{result['recipe']}` with overrides {result['overrides'] or 'none'}.")
+    publish("quickstart", "Quickstart recipe: time and memory per stage", intro, rows, result)
 
 
 def main() -> None:
@@ -91,9 +81,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "total_seconds": total, "peak_rss_mb": max(s["peak_rss_mb"] for s in stages), "stages": stages,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    write_table(result)
+    publish_result(result)
     print(json.dumps(result, indent=2))
 
 

@@ -1,0 +1,87 @@
+"""Teacher cost at their published widths: parameters, MACs, CPU forward time and one training step.
+
+    .venv/bin/python benchmarks/teachers.py [--size 224] [--threads 2] [--repeats 3]
+
+Times are medians over ``--repeats`` runs in one process (after a warm-up), so the ratios between
+teachers are what to read.  Writes ``benchmarks/results/teachers.json`` and the table between the
+markers in ``docs/benchmarks.md``.  MACs use torch-pruning's counter (one multiply-add = 1 MAC).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from compress.profile import count_macs, count_params
+from report import publish  # benchmarks/report.py (this script's folder)
+from teachers import create_teacher
+
+TEACHERS = {"pynet": {"width": 1.0}, "punet": {"base_width": 16}, "aaunet": {"base_width": 16}}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, config: dict, size: int, repeats: int) -> dict:
+    model = create_teacher(name, **config)
+    x = torch.rand(1, 4, size, size)
+    target = torch.rand(1, 3, 2 * size, 2 * size)
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        model.train()
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    return {
+        "teacher": name, "config": config, "params": count_params(model),
+        "macs_g": count_macs(model, tuple(x.shape)) / 1e9,
+        "forward_s": _median_seconds(forward, repeats), "train_step_s": _median_seconds(train_step, repeats),
+    }
+
+
+def publish_result(result: dict) -> None:
+    rows = ["| teacher | config | params | GMACs | forward s | train step s |", "|---|---|---|---|---|---|"]
+    for r in result["teachers"]:
+        rows.append(f"| {r['teacher']} | {r['config']} | {r['params']:,} | {r['macs_g']:.1f} | "
+                    f"{r['forward_s']:.2f} | {r['train_step_s']:.2f} |")
+    intro = (f"Measured {result['date']} on {result['machine']}, {result['threads']} threads, "
+             f"packed input {result['size']}x{result['size']} (batch 1).")
+    publish("teachers", "Teachers: cost at published width", intro, rows, result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+              "threads": args.threads, "size": args.size,
+              "teachers": [measure(n, c, args.size, args.repeats) for n, c in TEACHERS.items()]}
+    publish_result(result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
