@@ -54,7 +54,8 @@ MIN_CHANNELS = 4
 class ConvLayer(nn.Module):
     """Reflection pad + conv (+ affine instance norm) (+ LeakyReLU(0.2)), the original ``ConvLayer``.
 
-    Reflection padding (not zeros) is the original's: it keeps image borders free of dark seams.
+    Reflection padding (not zeros) is the original's choice: borders see image-like values instead of
+    black, which matters for a network whose output is the image itself.
     """
 
     def __init__(self, cin: int, cout: int, kernel_size: int, relu: bool = True, instance_norm: bool = False) -> None:
@@ -90,7 +91,6 @@ class ConvMultiBlock(nn.Module):
         for k in self.kernel_sizes:
             setattr(self, f"conv_{k}a", ConvLayer(cin, cout, k, instance_norm=instance_norm))
             setattr(self, f"conv_{k}b", ConvLayer(cout, cout, k, instance_norm=instance_norm))
-        self.out_channels = cout * len(self.kernel_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [getattr(self, f"conv_{k}b")(getattr(self, f"conv_{k}a")(x)) for k in self.kernel_sizes]
@@ -155,7 +155,7 @@ class PyNET(nn.Module):
         c1, c2, c3, c4, c5 = (scaled_channels(32 * 2**i, width) for i in range(5))
         c0 = scaled_channels(16, width)
         norm, norm1 = instance_norm, instance_norm_level_1
-        self.channels = {0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5}
+        self.channels = {0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5}  # as built (pruning does not update it)
 
         # Downsampling path (first block of each level)
         self.conv_l1_d1 = ConvMultiBlock(in_channels, c1, 3, instance_norm=False)
