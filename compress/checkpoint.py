@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compress.fold import fold_model
+from compress.prune_rules import coupled_blocks_as_leaves, dependency_graph
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
@@ -63,15 +64,16 @@ def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
     unknown = sorted(set(widths) - set(modules))
     if unknown:
         raise ValueError(f"channel plan names layers the model does not have: {unknown[:5]}")
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_example_input(model))
-    for name, target in widths.items():
-        layer = modules[name]
-        current = layer.out_channels
-        if target > current:
-            raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
-        if target < current:
-            group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(target, current)))
-            group.prune()
+    with coupled_blocks_as_leaves(model):  # layers inside a coupled block follow their neighbours
+        graph = dependency_graph(model, _example_input(model))
+        for name, target in widths.items():
+            layer = modules[name]
+            current = layer.out_channels  # read now: pruning an earlier layer may have shrunk it already
+            if target > current:
+                raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
+            if target < current:
+                group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(target, current)))
+                group.prune()
     got = channel_plan(model)
     wrong = {n: (w, got[n]) for n, w in widths.items() if got[n] != w}
     if wrong:

@@ -2,7 +2,8 @@
 
 Concats, residual adds and norms are followed by the graph.  Layers whose output channels are fixed
 by the model's contract (the RGB head, convs feeding a PixelShuffle whose r^2 grouping torch-pruning
-1.6 does not model) are left out: a model lists them in ``prune_ignore``; by default the last conv is.
+1.6 does not model) are left out; blocks torch-pruning cannot trace (attention) prune as one unit
+(``compress.prune_rules``): a model lists them in ``prune_ignore``; by default the last conv is.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compress.checkpoint import channel_plan
+from compress.prune_rules import CUSTOMIZED_PRUNERS, coupled_blocks_as_leaves
 
 Importance = Literal["magnitude", "bn_scale"]
 
@@ -47,14 +49,16 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, target: PruneTarg
     model.eval()
     if target.importance == "bn_scale" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise ValueError("importance 'bn_scale' needs a model with BatchNorm layers; use 'magnitude'")
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_input,
-        importance=_importance(target.importance),
-        pruning_ratio=target.ratio,
-        global_pruning=target.global_pruning,
-        ignored_layers=ignored_layers(model),
-        round_to=target.round_to,
-    )
-    pruner.step()
+    with coupled_blocks_as_leaves(model):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_input,
+            importance=_importance(target.importance),
+            pruning_ratio=target.ratio,
+            global_pruning=target.global_pruning,
+            ignored_layers=ignored_layers(model),
+            round_to=target.round_to,
+            customized_pruners=CUSTOMIZED_PRUNERS,
+        )
+        pruner.step()
     return channel_plan(model)

@@ -90,6 +90,22 @@ class SelfAttention2d(nn.Module):
         out = torch.matmul(attn, v).transpose(1, 2).reshape(n, c, h, w)
         return x + self.gamma * out
 
+    # Channel-coupled pruning (``compress.prune_rules``): the block is pruned as one unit, its input
+    # and output channels together (the residual ties them); query/key keep their inner width.
+    @property
+    def coupled_channels(self) -> int:
+        return self.value.out_channels
+
+    def remove_channels(self, idxs: list[int]) -> None:
+        """Drop input/output channels ``idxs`` (the same channels of ``x`` and of the result)."""
+        keep = torch.tensor([i for i in range(self.coupled_channels) if i not in set(idxs)], dtype=torch.long)
+        for conv in (self.query, self.key, self.value):
+            conv.weight = nn.Parameter(conv.weight.data.index_select(1, keep).contiguous())
+            conv.in_channels = len(keep)
+        self.value.weight = nn.Parameter(self.value.weight.data.index_select(0, keep).contiguous())
+        self.value.bias = nn.Parameter(self.value.bias.data.index_select(0, keep).contiguous())
+        self.value.out_channels = len(keep)
+
 
 class AAUNet(PUNET):
     """Packed RAW ``(N, 4, H, W)`` in [0, 1] -> sRGB ``(N, 3, 2H, 2W)``; H and W divisible by 16.
@@ -98,10 +114,9 @@ class AAUNet(PUNET):
     (see the module docstring for the numbering) and ``level_features`` the per-level feature maps.
     """
 
-    # The RGB heads: their 3 output channels are the images.  The attention's query and key are
-    # multiplied with each other (q . k) and torch-pruning does not tie their channels through a
-    # MatMul, so pruning one without the other would break the product: they keep their width.
-    prune_ignore = ("head", "head1", "head2", "head3", "head4", "attention.query", "attention.key")
+    # The RGB heads: their 3 output channels are the images.  The attention block prunes as one unit
+    # (``SelfAttention2d.remove_channels``), in step with the bottleneck it wraps.
+    prune_ignore = ("head", "head1", "head2", "head3", "head4")
 
     def __init__(self, base_width: int = 16, instance_norm: bool = False, in_channels: int = 4,
                  attention_reduction: int = 8) -> None:
