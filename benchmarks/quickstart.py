@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
-from report import publish  # benchmarks/report.py (this script's folder)
+from report import machine, publish  # benchmarks/report.py (this script's folder)
 
 
 
@@ -47,7 +46,7 @@ def publish_result(result: dict) -> None:
         psnr = f"{s['psnr']:.2f}" if s.get("psnr") is not None else "-"
         rows.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {psnr} |")
     rows.append(f"| **total** | **{result['total_seconds']:.1f}** | {result['peak_rss_mb']:.0f} | |")
-    intro = (f"Measured {result['date']} on {result['machine']} ({result['cpus']} CPUs), recipe "
+    intro = (f"Measured {result['date']} on {result['machine']}, recipe "
              f"`{result['recipe']}` with overrides {result['overrides'] or 'none'}.")
     publish("quickstart", "Quickstart recipe: time and memory per stage", intro, rows, result)
 
@@ -78,7 +77,7 @@ def main() -> None:
     sampler.stop_flag.set()
     result = {
         "recipe": recipe.name, "overrides": args.overrides, "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": machine(), "cpus": os.cpu_count(),
         "total_seconds": total, "peak_rss_mb": max(s["peak_rss_mb"] for s in stages), "stages": stages,
     }
     publish_result(result)

@@ -2,10 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    """CPU model name and core count, e.g. ``AMD EPYC, 2 CPUs`` (``platform`` only says ``x86_64``)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
 
 
 def publish(name: str, heading: str, intro: str, rows: list[str], result: dict) -> None:

@@ -1,6 +1,9 @@
 """Teacher cost at their published widths: parameters, MACs, CPU forward time and one training step.
 
-    .venv/bin/python benchmarks/teachers.py [--size 224] [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/teacher_cost.py [--size 224] [--threads 2] [--repeats 3]
+
+(Named ``teacher_cost`` rather than ``teachers``: this folder is first on ``sys.path`` when a script in
+it runs, and a ``teachers.py`` here would shadow the ``teachers`` package.)
 
 Times are medians over ``--repeats`` runs in one process (after a warm-up), so the ratios between
 teachers are what to read.  Writes ``benchmarks/results/teachers.json`` and the table between the
@@ -10,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 
 from compress.profile import count_macs, count_params
-from report import publish  # benchmarks/report.py (this script's folder)
+from report import machine, publish  # benchmarks/report.py (this script's folder)
 from teachers import create_teacher
 
 TEACHERS = {"pynet": {"width": 1.0}, "punet": {"base_width": 16}, "aaunet": {"base_width": 16}}
+
+PAPER_FLOPS_G = {"pynet": 342.698}
+"""LW-ISP paper (seed 004) Table 3, column (224,224).  It matches our MAC count at a 224x224 *packed*
+input (448x448 output) to 0.01 %, so the paper's "FLOPs" are multiply-accumulates, not 2 x MACs."""
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -54,18 +60,22 @@ def measure(name: str, config: dict, size: int, repeats: int) -> dict:
 
     return {
         "teacher": name, "config": config, "params": count_params(model),
-        "macs_g": count_macs(model, tuple(x.shape)) / 1e9,
+        "macs_g": count_macs(model, tuple(x.shape)) / 1e9, "paper_flops_g": PAPER_FLOPS_G.get(name),
         "forward_s": _median_seconds(forward, repeats), "train_step_s": _median_seconds(train_step, repeats),
     }
 
 
 def publish_result(result: dict) -> None:
-    rows = ["| teacher | config | params | GMACs | forward s | train step s |", "|---|---|---|---|---|---|"]
+    rows = ["| teacher | config | params | GMACs | paper \"GFLOPs\" | forward s | train step s |",
+            "|---|---|---|---|---|---|---|"]
     for r in result["teachers"]:
-        rows.append(f"| {r['teacher']} | {r['config']} | {r['params']:,} | {r['macs_g']:.1f} | "
+        paper = "-" if r["paper_flops_g"] is None else f"{r['paper_flops_g']:.3f}"
+        rows.append(f"| {r['teacher']} | {r['config']} | {r['params']:,} | {r['macs_g']:.3f} | {paper} | "
                     f"{r['forward_s']:.2f} | {r['train_step_s']:.2f} |")
     intro = (f"Measured {result['date']} on {result['machine']}, {result['threads']} threads, "
-             f"packed input {result['size']}x{result['size']} (batch 1).")
+             f"packed input {result['size']}x{result['size']} (batch 1, output twice the size).  "
+             "The paper column is LW-ISP Table 3's (224,224) figure: it equals our multiply-accumulate "
+             "count at a 224x224 packed input, so that paper counts MACs as FLOPs.")
     publish("teachers", "Teachers: cost at published width", intro, rows, result)
 
 
@@ -76,7 +86,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "threads": args.threads, "size": args.size,
               "teachers": [measure(n, c, args.size, args.repeats) for n, c in TEACHERS.items()]}
     publish_result(result)
