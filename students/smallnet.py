@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from students.registry import STUDENTS
+from teachers.registry import ModelInfo
 
 
 class Smallnet(nn.Module):
@@ -20,6 +21,7 @@ class Smallnet(nn.Module):
 
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
     prune_ignore = ("conv3",)  # feeds the pixel shuffle: its 12 = 3 * 2^2 channels are the RGB output
+    feature_taps = ("act1", "act2", "act3")  # module paths of the features distillation can match
 
     def __init__(
         self, width: int = 16, in_channels: int = 4, out_channels: int = 3, scale: int = 2, batch_norm: bool = False
@@ -43,6 +45,7 @@ class Smallnet(nn.Module):
         return self.shuffle(self.act3(self.bn3(self.conv3(x))))
 
 
-@STUDENTS.register("smallnet")
+@STUDENTS.register("smallnet", ModelInfo(
+    tiny_config={"width": 8}, paper={"params": 4_652, "source": "MAI 2021 report (seed 001), team dh_isp"}))
 def smallnet(width: int = 16, batch_norm: bool = False) -> Smallnet:
     return Smallnet(width=width, batch_norm=batch_norm)

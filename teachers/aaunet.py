@@ -43,7 +43,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from teachers.punet import PUNET
-from teachers.registry import TEACHERS
+from teachers.registry import TEACHERS, ModelInfo
 
 LEVELS = (0, 1, 2, 3, 4)
 """Keys of ``AAUNet.forward_levels``: 0 is the final image, 1..4 the decoder levels (report numbering)."""
@@ -167,7 +167,7 @@ class AAUNet(PUNET):
         }
 
 
-@TEACHERS.register("aaunet")
+@TEACHERS.register("aaunet", ModelInfo(tiny_config={"base_width": 4}, input_multiple=16, min_input=16))
 def aaunet(base_width: int = 16, instance_norm: bool = False, attention_reduction: int = 8) -> AAUNet:
     return AAUNet(base_width=base_width, instance_norm=instance_norm, attention_reduction=attention_reduction)
 

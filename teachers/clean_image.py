@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from teachers.registry import TEACHERS
+from teachers.registry import TEACHERS, ModelInfo
 
 
-@TEACHERS.register("smallnet_clean")
+@TEACHERS.register("smallnet_clean", ModelInfo(tiny_config={"width": 8}, in_channels=3, upscale=1))
 def smallnet_clean(width: int = 16, batch_norm: bool = False) -> nn.Module:
     """Smallnet's three convs on 3-channel RGB, no pixel shuffle: (N, 3, H, W) -> (N, 3, H, W)."""
     from students.smallnet import Smallnet  # imported here: students' registry imports teachers.registry

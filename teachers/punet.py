@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from teachers.registry import TEACHERS
+from teachers.registry import TEACHERS, ModelInfo
 
 
 class ConvLReLU(nn.Sequential):
@@ -91,6 +91,6 @@ class PUNET(nn.Module):
         return torch.tanh(self.head(self.up0(d1))) * 0.58 + 0.5
 
 
-@TEACHERS.register("punet")
+@TEACHERS.register("punet", ModelInfo(tiny_config={"base_width": 4}, input_multiple=16, min_input=16))
 def punet(base_width: int = 16, instance_norm: bool = False) -> PUNET:
     return PUNET(base_width=base_width, instance_norm=instance_norm)

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from teachers.registry import TEACHERS
+from teachers.registry import TEACHERS, ModelInfo
 
 LEVELS = (5, 4, 3, 2, 1, 0)
 POOLS = 4  # levels 2-5 sit behind four 2x2 max pools of the packed input
@@ -347,7 +347,9 @@ def _check_input(x: torch.Tensor) -> None:
         )
 
 
-@TEACHERS.register("pynet")
+@TEACHERS.register("pynet", ModelInfo(
+    tiny_config={"width": 0.125}, input_multiple=16, min_input=32,
+    paper={"params": 47_554_738, "gmacs_224": 342.698, "source": "LW-ISP paper (seed 004) Table 3"}))
 def pynet(
     level: int = 0, width: float = 1.0, instance_norm: bool = True, instance_norm_level_1: bool = True
 ) -> PyNET:

@@ -5,11 +5,31 @@ typo in a recipe is fixed without reading code.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torch import nn
 
 ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What tests, benchmarks and docs need to know about a registered model without building it.
+
+    ``tiny_config``: factory kwargs for a fast CPU-sized instance (tests parametrized over the
+    registry use it).  ``input_multiple``/``min_input``: the packed-input H and W the model accepts
+    (multiples of ``input_multiple``, at least ``min_input``).  ``in_channels``/``upscale``: input
+    channels and output/input size ratio.  ``paper``: figures the source paper reports for the default
+    configuration, e.g. ``{"params": 2_014_681, "source": "LW-ISP Table 3"}``, shown beside ours.
+    """
+
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+    input_multiple: int = 1
+    min_input: int = 8
+    in_channels: int = 4
+    upscale: int = 2
+    paper: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelRegistry:
@@ -18,15 +38,22 @@ class ModelRegistry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, ModelFactory] = {}
+        self._info: dict[str, ModelInfo] = {}
 
-    def register(self, name: str) -> Callable[[ModelFactory], ModelFactory]:
+    def register(self, name: str, info: ModelInfo | None = None) -> Callable[[ModelFactory], ModelFactory]:
         def decorator(factory: ModelFactory) -> ModelFactory:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._factories[name] = factory
+            self._info[name] = info or ModelInfo()
             return factory
 
         return decorator
+
+    def info(self, name: str) -> ModelInfo:
+        if name not in self._info:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._info[name]
 
     def names(self) -> list[str]:
         return sorted(self._factories)
