@@ -1,6 +1,6 @@
 """Wall time and peak memory of the quickstart recipe, per stage.
 
-    .venv/bin/python benchmarks/quickstart.py [--set key=value ...]
+    .venv/bin/python -m benchmarks.quickstart [--set key=value ...]
 
 Runs the recipe in this process (no stage cache) while a sampler thread reads the resident memory every
 50 ms; a stage's peak is the highest sample between its start and end.  Writes
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
-from report import machine, publish  # benchmarks/report.py (this script's folder)
+from benchmarks.report import machine, publish
 
 
 

@@ -1,9 +1,6 @@
 """Teacher cost at their published widths: parameters, MACs, CPU forward time and one training step.
 
-    .venv/bin/python benchmarks/teacher_cost.py [--size 224] [--threads 2] [--repeats 3]
-
-(Named ``teacher_cost`` rather than ``teachers``: this folder is first on ``sys.path`` when a script in
-it runs, and a ``teachers.py`` here would shadow the ``teachers`` package.)
+    .venv/bin/python -m benchmarks.teacher_cost [--size 224] [--threads 2] [--repeats 3]
 
 Times are medians over ``--repeats`` runs in one process (after a warm-up), so the ratios between
 teachers are what to read.  Writes ``benchmarks/results/teachers.json`` and the table between the
@@ -19,7 +16,7 @@ import time
 import torch
 
 from compress.profile import count_macs, count_params
-from report import machine, publish  # benchmarks/report.py (this script's folder)
+from benchmarks.report import machine, publish
 from teachers import create_teacher
 
 TEACHERS = {"pynet": {"width": 1.0}, "punet": {"base_width": 16}, "aaunet": {"base_width": 16}}

@@ -31,6 +31,18 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def fold_conv_bn_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.Module]:
+    """``(fused conv, what replaces the BN)``: Identity, or the activation a norm+act module carries.
+
+    timm's ``BatchNormAct2d`` subclasses ``BatchNorm2d`` but also applies ``drop`` and ``act``; swapping
+    it for ``Identity`` would silently drop the activation, so those are kept.
+    """
+    extras = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+              if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    replacement = extras[0] if len(extras) == 1 else nn.Sequential(*extras) if extras else nn.Identity()
+    return fuse_conv_bn(conv, bn), replacement
+
+
 def _fold_sequential_pairs(module: nn.Module) -> int:
     folded = 0
     for parent in list(module.modules()):
@@ -44,8 +56,9 @@ def _fold_sequential_pairs(module: nn.Module) -> int:
         for conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(parent, conv_name, fuse_conv_bn(conv, bn))
-                setattr(parent, bn_name, nn.Identity())
+                fused, replacement = fold_conv_bn_pair(conv, bn)
+                setattr(parent, conv_name, fused)
+                setattr(parent, bn_name, replacement)
                 folded += 1
     return folded
 

@@ -67,7 +67,8 @@ def _input_shape(recipe: Recipe, task: Task = DEFAULT_TASK) -> tuple[int, int, i
 
 
 def _full_image_tensors(ctx: RunContext, multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Held-out images centre-cropped to a multiple of 32 packed pixels (PyNET's five poolings)."""
+    """Held-out images centre-cropped to a multiple of 32 packed pixels (PyNET's five poolings,
+    MobileNetV2's stride 32): a size every model in the zoo accepts."""
     pairs = []
     for raw, rgb in ctx.data.eval_tensors():
         h, w = raw.shape[1] // multiple * multiple, raw.shape[2] // multiple * multiple
@@ -193,7 +194,7 @@ def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[s
 def fold_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
     model, spec = load_model(ctx.model_dir())
     folded, counts = fold_model(model)
-    probe = torch.from_numpy(ctx.data.eval_pairs[0].raw).unsqueeze(0)
+    probe = _full_image_tensors(ctx)[0][0].unsqueeze(0)  # a size every model in the zoo accepts
     with torch.no_grad():
         max_diff = float((model(probe) - folded(probe)).abs().max())
     if max_diff > 1e-4:

@@ -1,6 +1,7 @@
 """Small, mobile-friendly ISP networks. Build them by name with ``create_student``."""
 import distill.torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)
-from students import smallnet as _smallnet  # noqa: F401  (registers its models)
+from students import mobile_deepisp as _mobile_deepisp  # noqa: F401  (registers its models)
+from students import smallnet as _smallnet  # noqa: F401
 from students.registry import STUDENTS
 
 

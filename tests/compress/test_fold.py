@@ -53,3 +53,22 @@ def test_fold_sequential_conv_bn_pairs_and_reparameterize_hook() -> None:
     assert isinstance(folded[1], nn.Identity) and folded[3].folded
     assert (folded(x) - model(x)).abs().max() < 1e-5
     assert isinstance(model[1], nn.BatchNorm2d), "fold must not modify the original unless inplace=True"
+
+
+def test_fold_keeps_the_activation_of_a_norm_act_module() -> None:
+    """timm's BatchNormAct2d is a BatchNorm2d that also applies its activation: folding keeps that."""
+    from students import STUDENTS  # noqa: F401  (makes timm importable; see distill.torch_compat)
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(8, act_layer=nn.ReLU6)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8) * 4
+    folded, report = fold_model(model)
+    assert report == {"reparameterized_blocks": 0, "conv_bn_folded": 1, "batchnorm_left": 0}
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    assert expected.min() >= 0 and expected.max() <= 6  # the ReLU6 is really there ...
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # ... and survives the fold
