@@ -19,3 +19,16 @@ def smallnet_clean(width: int = 16, batch_norm: bool = False) -> nn.Module:
     from students.smallnet import Smallnet  # imported here: students' registry imports teachers.registry
 
     return Smallnet(width=width, in_channels=3, out_channels=3, scale=1, batch_norm=batch_norm)
+
+
+@TEACHERS.register("lwisp_clean", ModelInfo(tiny_config={"width": 0.25}, in_channels=3, upscale=1,
+                                            input_multiple=16, min_input=16))
+def lwisp_clean(width: float = 1.0, fgam: bool = True) -> nn.Module:
+    """LW-ISP's body on 3-channel RGB without the last up-block: (N, 3, H, W) -> (N, 3, H, W).
+
+    The paper's clean-image teacher for LW-ISP (Sec. 3.5): its ``up1``..``up3`` features line up with
+    the student's for the heterogeneous distillation loss.
+    """
+    from students.lwisp import LWISP  # imported here: students' registry imports teachers.registry
+
+    return LWISP(width=width, fgam=fgam, in_channels=3, scale=1)
