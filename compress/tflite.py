@@ -188,6 +188,29 @@ def _build_all(onnx_path: Path, work: Path, frames: np.ndarray | None, int_io: b
     return built
 
 
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@contextlib.contextmanager
+def _no_sample_data_download(work: Path) -> Iterator[None]:
+    """Keep onnx2tf from downloading its sample images for models with a 3-channel 4-D input.
+
+    onnx2tf 1.28 fetches ``ONNX2TF_SAMPLE_FILE`` from GitHub for any model whose input looks like a
+    batch of RGB images (our clean-image teachers) unless that file is in the current directory; it
+    only uses the images for its own ONNX-vs-TF checks, never for our calibration.  Offline that
+    download fails the conversion, and we never download at run time: so a local file of the same
+    shape (seeded uniform noise in [0, 1]) is put in the work folder, which is the current directory
+    while onnx2tf runs.
+    """
+    np.save(work / ONNX2TF_SAMPLE_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    previous = os.getcwd()
+    os.chdir(work)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[str]]:
     """onnx2tf's NHWC Keras model of a simplified copy of ``onnx_path`` (onnx2tf edits files in place).
 
@@ -210,10 +233,11 @@ def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[st
     output_names = [o.name for o in model.graph.output]
     copy = work / "model.onnx"
     onnx.save(model, str(copy))
-    keras_model = onnx2tf.convert(
-        input_onnx_file_path=str(copy), output_folder_path=str(work / "onnx2tf"), disable_model_save=True,
-        not_use_onnxsim=True, non_verbose=True, verbosity="error",
-    )
+    with _no_sample_data_download(work):
+        keras_model = onnx2tf.convert(
+            input_onnx_file_path=str(copy), output_folder_path=str(work / "onnx2tf"), disable_model_save=True,
+            not_use_onnxsim=True, non_verbose=True, verbosity="error",
+        )
     if keras_model is None:
         raise RuntimeError("onnx2tf returned no model")
     for inp, tensor in zip(inputs, keras_model.inputs):

@@ -37,7 +37,8 @@ class Smallnet(nn.Module):
         self.conv1, self.bn1, self.act1 = nn.Conv2d(in_channels, width, 3, padding=1), norm(width), nn.Tanh()
         self.conv2, self.bn2, self.act2 = nn.Conv2d(width, width, 3, padding=1), norm(width), nn.ReLU()
         self.conv3, self.bn3, self.act3 = nn.Conv2d(width, shuffled, 3, padding=1), norm(shuffled), nn.ReLU()
-        self.shuffle = nn.PixelShuffle(scale)
+        # scale 1 (the clean-image teacher body): no shuffle at all, TFLite has no 1x1 depth-to-space
+        self.shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))

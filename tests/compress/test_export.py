@@ -266,3 +266,22 @@ def test_latency_figures(smallnet_onnx: Path, smallnet_tflite: dict[str, Path]) 
     for timing in (tflite_latency_ms(smallnet_tflite["int8"], runs=5), onnx_latency_ms(smallnet_onnx, runs=5)):
         assert 0 < timing["min_ms"] <= timing["median_ms"] <= timing["p90_ms"]
         assert timing["runs"] == 5 and timing["num_threads"] == 2
+
+
+@pytest.mark.slow
+def test_rgb_input_model_converts_without_any_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx2tf fetches sample RGB images for 3-channel inputs unless given a local file: we give one."""
+    import onnx2tf.utils.common_functions as onnx2tf_common
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"conversion tried to download {args[:1]}")
+
+    monkeypatch.setattr(onnx2tf_common.requests, "get", no_network)
+    torch.manual_seed(0)
+    model = create_teacher("smallnet_clean", width=4).eval()
+    cwd = Path.cwd()
+    onnx_path = export_onnx(model, tmp_path / "clean.onnx", (1, 3, 32, 32))
+    paths = convert_onnx_to_tflite(onnx_path, tmp_path / "out", None)
+    assert Path.cwd() == cwd  # the working directory is restored
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    assert parity_psnr(model, paths["fp32"], x) >= 60.0
