@@ -54,8 +54,12 @@ def channel_plan(model: nn.Module) -> dict[str, int]:
 
 
 def _example_input(model: nn.Module) -> torch.Tensor:
+    """A zero input the model accepts: 32x32, or its ``min_input`` rounded up to its ``input_multiple``."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
-    return torch.zeros(1, first.in_channels, 32, 32)
+    multiple = int(getattr(model, "input_multiple", 1))
+    side = max(32, int(getattr(model, "min_input", 0)))
+    side = -(-side // multiple) * multiple
+    return torch.zeros(1, first.in_channels, side, side)
 
 
 def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
@@ -64,14 +68,17 @@ def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
     unknown = sorted(set(widths) - set(modules))
     if unknown:
         raise ValueError(f"channel plan names layers the model does not have: {unknown[:5]}")
+    example = _example_input(model)
     with coupled_blocks_as_leaves(model):  # layers inside a coupled block follow their neighbours
-        graph = dependency_graph(model, _example_input(model))
         for name, target in widths.items():
             layer = modules[name]
             current = layer.out_channels  # read now: pruning an earlier layer may have shrunk it already
             if target > current:
                 raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
             if target < current:
+                # A fresh graph per trim: torch-pruning's split/slice index mappings keep the offsets
+                # of the widths they were traced at, so a graph reused after a trim miscounts.
+                graph = dependency_graph(model, example)
                 group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(target, current)))
                 group.prune()
     got = channel_plan(model)

@@ -4,6 +4,7 @@ from students import aaunet_student as _aaunet_student  # noqa: F401  (registers
 from students import csanet as _csanet  # noqa: F401
 from students import lwisp as _lwisp  # noqa: F401
 from students import mobile_deepisp as _mobile_deepisp  # noqa: F401
+from students import pynetv2 as _pynetv2  # noqa: F401
 from students import smallnet as _smallnet  # noqa: F401
 from students import smallnet_variants as _smallnet_variants  # noqa: F401
 from students.registry import STUDENTS
