@@ -1,11 +1,12 @@
 """One training loop for teachers, students and fine-tunes: step-based, seeded, logged per step.
 
-Students add an output-distillation term: the frozen teacher's output on the same RAW patch is a soft
-target (also the MiAlgo use, where the teacher's output is cleaner than misaligned ground truth).
+Students add distillation terms from a frozen teacher (``distill.distiller.Distiller``: output KD,
+feature KD through adapters, heterogeneous clean-image KD); every term is logged on its own.
 """
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -17,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.losses import KNOWN_LOSSES, WeightedLoss, get_loss
+from distill.distiller import Distiller
+from distill.losses import KNOWN_LOSSES, WeightedLoss
 from distill.metrics import psnr, ssim
 
 if TYPE_CHECKING:
@@ -109,15 +111,6 @@ DEFAULT_TASK = Task()
 
 
 @dataclass
-class OutputKD:
-    """A frozen teacher whose output is matched by ``loss`` with ``weight``."""
-
-    teacher: nn.Module
-    weight: float
-    loss: str = "l1"
-
-
-@dataclass
 class TrainResult:
     steps: int
     final_loss: float
@@ -141,7 +134,7 @@ def train(
     spec: TrainSpec,
     *,
     seed: int = 0,
-    kd: OutputKD | None = None,
+    kd: Distiller | None = None,
     log: LogFn | None = None,
     desc: str = "train",
     task: Task = DEFAULT_TASK,
@@ -151,32 +144,34 @@ def train(
 
     ``criterion`` replaces the recipe's weighted loss for models with their own objective (AA-UNet's
     multi-level loss receives the model's raw input and the target instead of one prediction).
+    ``kd`` adds its distillation terms; its adapters are prepared on the first batch and trained with
+    the model, and are not part of it.
     """
     torch.manual_seed(seed)
     model.train()
     criterion = criterion or spec.criterion()
-    kd_fn = get_loss(kd.loss) if kd else None
+    batches = _batches(dataset, spec.batch_size, seed)
+    first = next(batches)
+    params = list(model.parameters())
     if kd:
-        kd.teacher.eval()
-        for p in kd.teacher.parameters():
-            p.requires_grad_(False)
-    optimiser = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        kd.prepare(model, *task.inputs_targets(*first))
+        params += kd.parameters()
+    optimiser = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / max(spec.steps, 1)))
     )
     result = TrainResult(steps=spec.steps, final_loss=float("nan"))
-    batches = _batches(dataset, spec.batch_size, seed)
     bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
     for step in bar:
-        x, target = task.inputs_targets(*next(batches))
-        pred = task.train_forward(model, x)
+        x, target = task.inputs_targets(*(first if step == 0 else next(batches)))
+        taps = kd.student_taps if kd and kd.student_taps else nullcontext()
+        with taps:
+            pred = task.train_forward(model, x)
         loss, parts = criterion(pred, target)
-        if kd and kd_fn:
-            with torch.no_grad():
-                soft = task.forward(kd.teacher, x)
-            kd_term = kd_fn(pred, soft)
-            parts["kd_output"] = float(kd_term.detach())
-            loss = loss + kd.weight * kd_term
+        if kd:
+            kd_loss, kd_parts = kd.loss(pred, x, target)
+            parts.update(kd_parts)
+            loss = loss + kd_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step} (terms: {parts})")
         optimiser.zero_grad(set_to_none=True)

@@ -108,6 +108,9 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = ".".join(str(p) for p in loc) or "<root>"
         message = item["msg"].removeprefix("Value error, ")
+        blamed = getattr(item.get("ctx", {}).get("error"), "key_path", None)
+        if blamed:  # a whole-recipe check that names the key it blames
+            key = ".".join(filter(None, [key if loc else "", blamed]))
         if item["type"] == "extra_forbidden":
             message = f"unknown key{_suggest(loc, Recipe)}"
         lines.append(f"{path}: {key}: {message}")

@@ -7,9 +7,9 @@ registered models and losses.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.prune import PruneTarget
 from distill.data.bayer import PATTERNS
@@ -19,6 +19,14 @@ from distill.trainer import TrainSpec
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class KeyPathError(ValueError):
+    """A whole-recipe check that blames one key: the error names ``key_path``, not the recipe root."""
+
+    def __init__(self, key_path: str, message: str) -> None:
+        super().__init__(message)
+        self.key_path = key_path
 
 
 DEFAULT_SPLITS = {"embedded": ("train", "eval"), "zurich": ("train", "test"), "mai21": ("train", "val"),
@@ -40,6 +48,8 @@ class DataSpec(Strict):
     white_level: float = Field(1023.0, gt=0)
     patch_size: int = Field(32, ge=8, description="training crop side in packed-RAW pixels")
     patches_per_image: int = Field(16, ge=1)
+    crop_sets: int | None = Field(None, ge=1, description="cycle through this many fixed crop sets (a fixed "
+                                  "dataset: teacher outputs can then be cached); default: new crops every epoch")
     max_eval_images: int | None = Field(None, ge=1)
 
     @field_validator("pattern")
@@ -142,16 +152,55 @@ class TeacherStage(ModelBlock):
         return self
 
 
-class DistillSpec(Strict):
-    output_kd: float = Field(0.5, ge=0, description="weight of the teacher-output term")
-    loss: str = "l1"
+def _known_loss(name: str) -> str:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return name
 
-    @field_validator("loss")
+
+LossName = Annotated[str, AfterValidator(_known_loss)]
+
+
+class FeaturePairSpec(Strict):
+    """One feature-KD term: the student's tapped module output (through an adapter) vs the teacher's."""
+
+    student: str = Field(description="student module path, e.g. up2")
+    teacher: str = Field(description="teacher module path, e.g. up1")
+    loss: LossName = Field("mse", description="mse (the LW-ISP paper's L2), l1, cosine, ...")
+    weight: float = Field(1.0, ge=0)
+
+
+class FeatureKDSpec(Strict):
+    """Feature distillation: ``weight * sum_i w_i * loss_i(adapter_i(student_i), teacher_i)``."""
+
+    weight: float = Field(1.0, ge=0, description="beta: scales the sum of the pair terms")
+    loss: LossName = Field("mse", description="loss of automatically paired taps")
+    pairs: list[FeaturePairSpec] | None = Field(
+        None, description="explicit pairs; omitted: the models' feature_taps paired by name, else by size")
+    last: int | None = Field(None, ge=1, description="automatic pairs: keep only the last (finest) ones")
+
+    @field_validator("pairs")
     @classmethod
-    def _known_loss(cls, name: str) -> str:
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
-        return name
+    def _not_empty(cls, pairs: list[FeaturePairSpec] | None) -> list[FeaturePairSpec] | None:
+        if pairs is not None and not pairs:
+            raise ValueError("needs at least one {student, teacher} pair (or omit pairs for automatic pairing)")
+        return pairs
+
+
+class DistillSpec(Strict):
+    """How the student learns from the teacher; every term is optional and weighted."""
+
+    output_kd: float = Field(0.5, ge=0, description="weight of the teacher-output term")
+    loss: LossName = Field("l1", description="loss of the teacher-output term")
+    features: FeatureKDSpec | None = Field(None, description="feature distillation (taps + adapters)")
+    teacher_input: Literal["auto", "raw", "target"] = Field(
+        "auto", description="what the teacher sees: the student's RAW, or the clean target J (heterogeneous "
+                            "KD); auto: target for a clean-image teacher, else raw")
+    cache: bool = Field(False, description="cache the teacher's outputs on disk by content (teacher_cache/)")
+
+    @property
+    def active(self) -> bool:
+        return self.output_kd > 0 or (self.features is not None and self.features.weight > 0)
 
 
 class StudentStage(ModelBlock):
@@ -215,12 +264,54 @@ class Recipe(Strict):
     def _teacher_fits_student(self) -> "Recipe":
         runs_student = STAGE_ORDER.index(self.run_until) >= STAGE_ORDER.index("student")
         if self.run_until == "teacher" and self.teacher is None:
-            raise ValueError("run_until: teacher needs a teacher block")
-        if (runs_student and self.teacher is not None and self.teacher.clean_image
-                and self.student.distill.output_kd > 0):
-            raise ValueError("student.distill.output_kd needs a RAW teacher: a clean-image teacher sees the target "
-                             "J, not RAW, so set output_kd: 0 (it supervises through feature distillation)")
+            raise KeyPathError("run_until", "run_until: teacher needs a teacher block")
+        distill = self.student.distill
+        if not runs_student:
+            return self
+        if self.teacher is None:
+            if distill.features is not None:
+                raise KeyPathError("student.distill.features", "feature distillation needs a teacher block")
+            return self
+        if self.teacher.clean_image and distill.output_kd > 0:
+            raise KeyPathError("student.distill.output_kd",
+                               "needs a RAW teacher: a clean-image teacher sees the target J, not RAW, so set "
+                               "output_kd: 0 (it supervises through feature distillation)")
+        if distill.teacher_input == "raw" and self.teacher.clean_image:
+            raise KeyPathError("student.distill.teacher_input", "a clean-image teacher takes the target RGB J: "
+                               "use target (or auto)")
+        if distill.teacher_input == "target" and not self.teacher.clean_image:
+            raise KeyPathError("student.distill.teacher_input", f"teacher {self.teacher.model!r} is trained on "
+                               "RAW (clean_image: false), so it cannot be run on the target RGB")
+        if distill.features is not None and distill.features.pairs:
+            self._check_tap_paths(distill.features.pairs)
         return self
+
+    def _check_tap_paths(self, pairs: list[FeaturePairSpec]) -> None:
+        """Every named module exists (models built on the meta device: no memory, no init cost)."""
+        import torch
+
+        from distill.taps import TapError, resolve_modules
+        from students import STUDENTS
+        from teachers import TEACHERS
+
+        assert self.teacher is not None
+        with torch.device("meta"):
+            models = {"student": STUDENTS.create(self.student.model, **self.student.config),
+                      "teacher": TEACHERS.create(self.teacher.model, **self.teacher.config)}
+        for i, pair in enumerate(pairs):
+            for side in ("student", "teacher"):
+                try:
+                    resolve_modules(models[side], [getattr(pair, side)], owner=side)
+                except TapError as exc:
+                    raise KeyPathError(f"student.distill.features.pairs.{i}.{side}", str(exc)) from None
+
+    @property
+    def teacher_input(self) -> Literal["raw", "target"]:
+        """What the teacher sees in the student stage."""
+        choice = self.student.distill.teacher_input
+        if choice == "auto":
+            return "target" if self.teacher is not None and self.teacher.clean_image else "raw"
+        return choice
 
     @property
     def bundle_name(self) -> str:

@@ -22,7 +22,10 @@ from compress.checkpoint import ModelSpec, build_model, load_model, save_model
 from compress.fold import fold_model
 from compress.profile import count_macs, count_params, size_kb
 from compress.prune import prune_model
-from distill.trainer import DEFAULT_TASK, OutputKD, Task, evaluate, predict, train
+from distill.adapters import AdapterError
+from distill.distiller import Distiller
+from distill.taps import TapError
+from distill.trainer import DEFAULT_TASK, Task, evaluate, predict, train
 from distill.visualize import sample_grid, save_png
 from recipes.runner import RunContext, StageError, git_sha
 from recipes.loader import recipe_hash
@@ -56,7 +59,8 @@ def load_run_data(recipe: Recipe) -> RunData:
     if spec.max_eval_images:
         eval_pairs = eval_pairs[: spec.max_eval_images]
     train_set = PairedPatchDataset(train_pairs, patch_size=spec.patch_size,
-                                   patches_per_image=spec.patches_per_image, seed=recipe.seed)
+                                   patches_per_image=spec.patches_per_image, seed=recipe.seed,
+                                   crop_sets=spec.crop_sets)
     return RunData(train_pairs=train_pairs, eval_pairs=eval_pairs, train_set=train_set)
 
 
@@ -156,17 +160,48 @@ def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     return _finish_model_stage(ctx, folder, "teacher", model, spec, extra, task)
 
 
+def make_distiller(ctx: RunContext) -> Distiller | None:
+    """The student stage's distillation terms from the recipe, or None without a teacher or any term."""
+    cfg = ctx.recipe.student.distill
+    if "teacher" not in ctx.outcomes or not cfg.active:
+        return None
+    from distill.adapters import FeaturePair
+    from distill.teacher_cache import TeacherCache
+
+    teacher, _ = load_model(ctx.output("teacher", "model"))
+    features = cfg.features
+    pairs: list[FeaturePair] | None = []
+    if features is not None and features.weight > 0:
+        pairs = [FeaturePair(p.student, p.teacher, p.loss, p.weight) for p in features.pairs] if features.pairs else None
+    teacher_input = ctx.recipe.teacher_input
+    cache = None
+    if cfg.cache:
+        tags = (teacher_input, "output" if cfg.output_kd > 0 else "", *sorted(p.teacher for p in pairs or ()))
+        cache = TeacherCache(ctx.workdir / "teacher_cache", teacher, tags=tags)
+    return Distiller(teacher, output_weight=cfg.output_kd, output_loss=cfg.loss, pairs=pairs,
+                     feature_weight=features.weight if features else 0.0,
+                     feature_loss=features.loss if features else "mse",
+                     auto_last=features.last if features else None, teacher_input=teacher_input, cache=cache)
+
+
 def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
     cfg = ctx.recipe.student
     spec = ModelSpec(family="student", name=cfg.model, config=cfg.config)
     model = build_model(spec)
-    kd = None
-    if "teacher" in ctx.outcomes and cfg.distill.output_kd > 0:
-        teacher, _ = load_model(ctx.output("teacher", "model"))
-        kd = OutputKD(teacher=teacher, weight=cfg.distill.output_kd, loss=cfg.distill.loss)
-    result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed + 1, kd=kd, log=_train_log(ctx),
-                   desc="student")
-    return _finish_model_stage(ctx, folder, "student", model, spec, {"final_loss": result.final_loss})
+    kd = make_distiller(ctx)
+    try:
+        result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed + 1, kd=kd,
+                       log=_train_log(ctx), desc="student")
+    except (TapError, AdapterError) as exc:
+        raise StageError(f"student: distillation: {exc}") from None
+    extra = {"final_loss": result.final_loss}
+    if kd is not None:
+        extra["kd_adapter_params"] = float(sum(p.numel() for p in kd.parameters()))
+        if kd.pairs:
+            ctx.tracker.log_params({"kd_pairs": ", ".join(f"{p.student}->{p.teacher}" for p in kd.pairs)})
+        if kd.cache is not None:
+            extra.update(teacher_cache_hits=float(kd.cache.hits), teacher_cache_misses=float(kd.cache.misses))
+    return _finish_model_stage(ctx, folder, "student", model, spec, extra)
 
 
 def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
@@ -178,7 +213,7 @@ def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[s
     before = {"params_before": count_params(model), "macs_before": count_macs(model, shape)}
     widths = prune_model(model, torch.zeros(shape), cfg)
     after_prune = _quality(ctx, model)
-    kd = OutputKD(teacher=dense, weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
+    kd = Distiller(dense, output_weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
     train(model, ctx.data.train_set, cfg.finetune, seed=ctx.recipe.seed + 2, kd=kd, log=_train_log(ctx),
           desc="prune fine-tune")
     spec = spec.model_copy(update={"widths": widths})

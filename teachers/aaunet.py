@@ -117,6 +117,7 @@ class AAUNet(PUNET):
     # The RGB heads: their 3 output channels are the images.  The attention block prunes as one unit
     # (``SelfAttention2d.remove_channels``), in step with the bottleneck it wraps.
     prune_ignore = ("head", "head1", "head2", "head3", "head4")
+    feature_taps = FEATURE_MODULES  # the per-level soft labels of CASIA's student
 
     def __init__(self, base_width: int = 16, instance_norm: bool = False, in_channels: int = 4,
                  attention_reduction: int = 8) -> None:

@@ -33,13 +33,16 @@ class PairedPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     run before the loader's workers start (no ``persistent_workers``), since each worker holds a copy.
     """
 
-    def __init__(self, pairs: Sequence[RawRgbPair], patch_size: int, patches_per_image: int = 1, seed: int = 0):
+    def __init__(self, pairs: Sequence[RawRgbPair], patch_size: int, patches_per_image: int = 1, seed: int = 0,
+                 crop_sets: int | None = None):
         if patch_size < 1:
             raise DataError(f"patch_size must be at least 1; got {patch_size}")
         if patches_per_image < 1:
             raise DataError(f"patches_per_image must be at least 1; got {patches_per_image}")
         if seed < 0:
             raise DataError(f"seed must be non-negative; got {seed}")
+        if crop_sets is not None and crop_sets < 1:
+            raise DataError(f"crop_sets must be at least 1; got {crop_sets}")
         if len(pairs) == 0:
             raise DataError("no images to cut training patches from")
         if not isinstance(pairs, LazyPairs):  # in memory: fail now rather than mid-epoch
@@ -49,13 +52,15 @@ class PairedPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
         self.seed = seed
+        self.crop_sets = crop_sets
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the crop set of ``epoch``."""
+        """Select the crop set of ``epoch``: a new one every epoch, or one of ``crop_sets`` fixed sets in
+        turn (a fixed dataset, whose teacher outputs a ``TeacherCache`` can reuse)."""
         if epoch < 0:
             raise DataError(f"epoch must be non-negative; got {epoch}")
-        self.epoch = epoch
+        self.epoch = epoch % self.crop_sets if self.crop_sets else epoch
 
     def __len__(self) -> int:
         return len(self.pairs) * self.patches_per_image

@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from distill.trainer import OutputKD, Task, TrainSpec, evaluate, train
+from distill.distiller import Distiller
+from distill.trainer import Task, TrainSpec, evaluate, train
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -77,6 +78,6 @@ def test_output_kd_term_is_logged_and_pulls_towards_teacher() -> None:
     nn.init.zeros_(teacher.conv.bias)
     student = Tiny()
     result = train(student, data, TrainSpec(steps=40, lr=2e-2, batch_size=4, losses={"mse": 1.0}),
-                   kd=OutputKD(teacher=teacher, weight=10.0, loss="mse"))
+                   kd=Distiller(teacher, output_weight=10.0, output_loss="mse"))
     assert "kd_output" in result.history[0]
     assert student(data.raw[:4]).abs().mean() < data.rgb[:4].abs().mean()  # pulled towards the zero teacher

@@ -1,0 +1,83 @@
+"""The distillation recipes: validation of feature pairs, and tiny runs of both built-in KD recipes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from compress.checkpoint import load_model
+from recipes.loader import RecipeError, builtin_recipes, load_recipe
+from recipes.runner import run_recipe
+
+TINY_DATA = ["data.max_side=128", "data.patch_size=32", "data.patches_per_image=2", "export.input_size=[32,32]",
+             "run_until=student"]
+
+
+def _write(tmp_path: Path, recipe: str, edit) -> Path:  # noqa: ANN001
+    data = yaml.safe_load(builtin_recipes()[recipe].read_text())
+    edit(data)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_unknown_tap_path_names_the_key_and_the_closest_module(tmp_path: Path) -> None:
+    path = _write(tmp_path, "lwisp_hetero_kd",
+                  lambda d: d["student"]["distill"]["features"]["pairs"][0].update(teacher="up9"))
+    with pytest.raises(RecipeError, match=r"edited.yaml: student.distill.features.pairs.0.teacher: teacher LWISP "
+                                          r"has no submodule 'up9'; did you mean"):
+        load_recipe(path)
+    cli = subprocess.run([sys.executable, "-m", "recipes.cli", "validate", str(path)], capture_output=True, text=True)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    assert "student.distill.features.pairs.0.teacher" in cli.stderr
+
+
+@pytest.mark.parametrize(("edit", "key", "message"), [
+    (lambda d: d.pop("teacher"), "student.distill.features", "needs a teacher block"),
+    (lambda d: d["student"]["distill"].update(teacher_input="raw"), "student.distill.teacher_input",
+     "clean-image teacher takes the target RGB"),
+    (lambda d: d["student"]["distill"].update(output_kd=0.5), "student.distill.output_kd", "needs a RAW teacher"),
+    (lambda d: d["student"]["distill"]["features"]["pairs"][1].update(loss="l3"),
+     "student.distill.features.pairs.1.loss", "unknown loss 'l3'"),
+    (lambda d: d["student"]["distill"]["features"].update(pairs=[]), "student.distill.features.pairs",
+     "at least one"),
+])
+def test_distill_mistakes_name_their_key(tmp_path: Path, edit, key: str, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(RecipeError, match=rf"edited.yaml: {key}: .*{message}"):
+        load_recipe(_write(tmp_path, "lwisp_hetero_kd", edit))
+
+
+def _student_metrics(tmp_path: Path, recipe: str, *overrides: str) -> tuple[dict, dict]:
+    spec, path = load_recipe(recipe, [*TINY_DATA, *overrides])
+    _, outcomes = run_recipe(spec, path, tmp_path)
+    assert [o.name for o in outcomes] == ["teacher", "student"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[spec.name], output_format="list")
+    stage = next(r for r in runs if r.data.tags.get("stage") == "student")
+    return outcomes[1].outputs, stage.data
+
+
+def test_lwisp_hetero_kd_logs_each_feature_term_and_ships_no_adapter(tmp_path: Path) -> None:
+    outputs, run = _student_metrics(
+        tmp_path, "lwisp_hetero_kd", "teacher.config.width=0.25", "student.config.width=0.25",
+        "teacher.train.steps=2", "teacher.train.batch_size=2", "student.train.steps=3", "student.train.batch_size=2")
+    assert {"train_kd_feat_up2__up1", "train_kd_feat_up3__up2", "train_kd_feat_up4__up3", "train_kd_features",
+            "train_l1", "train_ms_ssim"} <= set(run.metrics)
+    assert run.metrics["kd_adapter_params"] == (8 * 16 + 16) + (4 * 8 + 8)  # two 1x1 convs, up4 needs none
+    assert run.params["kd_pairs"] == "up2->up1, up3->up2, up4->up3"
+    student, _ = load_model(Path(outputs["model"]))
+    assert not any("adapter" in k or "proj" in k for k in student.state_dict())
+
+
+def test_smallnet_from_pynet_reuses_cached_teacher_outputs(tmp_path: Path) -> None:
+    levels = "[" + ",".join(f"{{level: {k}, train: {{steps: 1, batch_size: 2}}}}" for k in range(5, -1, -1)) + "]"
+    _, run = _student_metrics(tmp_path, "smallnet_from_pynet", f"teacher.levels={levels}", "data.crop_sets=1",
+                              "teacher.config.width=0.0625", "student.train.steps=8", "student.train.batch_size=2")
+    assert {"train_kd_output", "train_kd_feat_act2__conv_l1_d14"} <= set(run.metrics)
+    misses, hits = run.metrics["teacher_cache_misses"], run.metrics["teacher_cache_hits"]
+    assert misses + hits == 8 * 2 and 0 < misses < 16 and hits > 0  # one fixed crop set: later epochs hit
+    assert any((tmp_path / "teacher_cache").rglob("*.pt"))
