@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from recipes.cli import main
-from recipes.loader import RecipeError, flatten, load_recipe
+from recipes.loader import RecipeError, builtin_recipes, flatten, load_recipe
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
@@ -30,6 +30,11 @@ def test_builtin_quickstart_validates(capsys) -> None:
     recipe, path = load_recipe(QUICKSTART)
     assert recipe.teacher is not None and recipe.prune is not None
     assert "student.train.steps" in flatten(recipe)
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_builtin_recipe_validates(name: str, capsys) -> None:
+    assert main(["validate", name]) == 0, capsys.readouterr().err
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path, capsys) -> None:
