@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compress.fold import fold_model
-from compress.prune_rules import coupled_blocks_as_leaves, dependency_graph
+from compress.prune_rules import CUSTOMIZED_PRUNERS, ShuffleChainStandIn, dependency_graph, prunable_view
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
@@ -69,17 +69,24 @@ def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
     if unknown:
         raise ValueError(f"channel plan names layers the model does not have: {unknown[:5]}")
     example = _example_input(model)
-    with coupled_blocks_as_leaves(model):  # layers inside a coupled block follow their neighbours
+    with prunable_view(model, example):  # PixelShuffle chains and coupled blocks as torch-pruning sees them
+        in_view = dict(model.named_modules())
         for name, target in widths.items():
-            layer = modules[name]
-            current = layer.out_channels  # read now: pruning an earlier layer may have shrunk it already
+            layer = in_view.get(name, modules[name])  # inside a coupled block: follows its neighbours
+            chain = isinstance(layer, ShuffleChainStandIn)
+            block = layer.upscale**2 if chain else 1
+            current = (layer.conv if chain else layer).out_channels  # read now: may have shrunk already
             if target > current:
                 raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
+            if target % block:
+                raise ValueError(f"channel plan asks {name} for {target} channels; it feeds a PixelShuffle and "
+                                 f"needs a multiple of {block}")
             if target < current:
                 # A fresh graph per trim: torch-pruning's split/slice index mappings keep the offsets
                 # of the widths they were traced at, so a graph reused after a trim miscounts.
                 graph = dependency_graph(model, example)
-                group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(target, current)))
+                handler = CUSTOMIZED_PRUNERS[ShuffleChainStandIn].prune_out_channels if chain else tp.prune_conv_out_channels
+                group = graph.get_pruning_group(layer, handler, idxs=list(range(target // block, current // block)))
                 group.prune()
     got = channel_plan(model)
     wrong = {n: (w, got[n]) for n, w in widths.items() if got[n] != w}

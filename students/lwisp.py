@@ -71,12 +71,18 @@ Choices the text leaves open (ours, with why):
 * **Activations**: LeakyReLU(0.2) after every backbone conv, sigmoid on the RGB output (as in the
   public code); zero "same" padding (the public code pads by reflection; zero padding exports to
   fewer TFLite ops and leaves the parameter count unchanged).
+* **Re-parameterizable blocks** (ours): ``block`` ("repvgg", "ecb", "ereop"; ``compress.reparam``)
+  trains every ``ConvAct`` conv (head, down, bottleneck, bridge, CCB refine and fuse convs) as a
+  multi-branch block that ``compress.fold`` turns back into one 3x3 conv.  The convs feeding a
+  PixelShuffle, the attention/contrast/global convs and the RGB ``tail`` stay plain, so
+  ``prune_ignore`` is unchanged.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from compress.reparam import BlockKind, check_block, make_conv
 from students.registry import STUDENTS
 from teachers.registry import ModelInfo
 
@@ -93,10 +99,10 @@ def _scaled(base: int, width: float) -> int:
 
 
 class ConvAct(nn.Sequential):
-    """3x3 "same" conv followed by LeakyReLU(0.2): the backbone's layer."""
+    """3x3 "same" conv (or a re-parameterizable ``block``) followed by LeakyReLU(0.2): the backbone's layer."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(NEG_SLOPE))
+    def __init__(self, in_channels: int, out_channels: int, block: BlockKind = "conv") -> None:
+        super().__init__(make_conv(block, in_channels, out_channels, 3), nn.LeakyReLU(NEG_SLOPE))
 
 
 class ChannelAttention(nn.Module):
@@ -144,12 +150,12 @@ class FGAM(nn.Module):
 class SubPixelConv(nn.Module):
     """P of Eq. (1): conv C->4C' (channel adjustment), PixelShuffle(2), conv C'->C' (fine-tuning)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, block: BlockKind = "conv") -> None:
         super().__init__()
-        self.expand = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1)
+        self.expand = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1)  # feeds the shuffle: plain
         self.act = nn.LeakyReLU(NEG_SLOPE)
         self.shuffle = nn.PixelShuffle(2)
-        self.refine = ConvAct(out_channels, out_channels)
+        self.refine = ConvAct(out_channels, out_channels, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.refine(self.shuffle(self.act(self.expand(x))))
@@ -176,11 +182,11 @@ class CCB(nn.Module):
     With ``skip_channels=0`` (the last block: no encoder feature at 2H) it is the core alone.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, skip_channels: int = 0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, skip_channels: int = 0, block: BlockKind = "conv") -> None:
         super().__init__()
-        self.core = SubPixelConv(in_channels, out_channels)
+        self.core = SubPixelConv(in_channels, out_channels, block)
         self.contrast = ContrastMap(skip_channels) if skip_channels else None
-        self.fuse = ConvAct(out_channels + skip_channels, out_channels) if skip_channels else None
+        self.fuse = ConvAct(out_channels + skip_channels, out_channels, block) if skip_channels else None
 
     def forward(self, x: torch.Tensor, stage1: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         out = self.core(x) + self.core(stage1)  # residual learning of the two stages' sub-pixel convs
@@ -195,14 +201,14 @@ class LWISP(nn.Module):
     """LW-ISP: packed RAW ``(N, 4, H, W)`` -> sRGB ``(N, 3, 2H, 2W)``; H, W multiples of 16."""
 
     feature_taps = ("up1", "up2", "up3", "up4")  # CCB outputs, coarse to fine (Sec. 4.3 distils up2..up4)
-    prune_ignore = (  # convs feeding a PixelShuffle (r^2 grouping) and the RGB head
-        "up1.core.expand", "up2.core.expand", "up3.core.expand", "up4.core.expand", "tail",
-    )
+    prune_ignore = ("tail",)  # the RGB head; the sub-pixel convs prune in r^2 groups (compress.prune_rules)
 
-    def __init__(self, width: float = 1.0, fgam: bool = True, in_channels: int = 4, scale: int = 2) -> None:
+    def __init__(self, width: float = 1.0, fgam: bool = True, in_channels: int = 4, scale: int = 2,
+                 block: BlockKind = "conv") -> None:
         super().__init__()
         if not width > 0:
             raise ValueError(f"LW-ISP width must be > 0; got {width}")
+        check_block(block)
         if scale not in (1, 2):
             raise ValueError(f"LW-ISP scale must be 1 (no up4, the clean-image teacher body) or 2; got {scale}")
         c1, c2, c3, c4 = (_scaled(b, width) for b in BASE_WIDTHS)
@@ -210,28 +216,27 @@ class LWISP(nn.Module):
         self.in_channels, self.scale, self.use_fgam = in_channels, scale, fgam
         grow = 2 if fgam else 1  # FGAM concatenates two C-channel results
 
-        self.head = ConvAct(in_channels, c1)
-        self.down1 = nn.Sequential(ConvAct(c1, c1), ConvAct(c1, c1))
-        self.down2 = nn.Sequential(ConvAct(grow * c1, c2), ConvAct(c2, c2))
-        self.down3 = nn.Sequential(ConvAct(grow * c2, c3), ConvAct(c3, c3))
-        self.down4 = nn.Sequential(ConvAct(grow * c3, c4), ConvAct(c4, c4))
+        self.head = ConvAct(in_channels, c1, block)
+        self.down1 = nn.Sequential(ConvAct(c1, c1, block), ConvAct(c1, c1, block))
+        self.down2 = nn.Sequential(ConvAct(grow * c1, c2, block), ConvAct(c2, c2, block))
+        self.down3 = nn.Sequential(ConvAct(grow * c2, c3, block), ConvAct(c3, c3, block))
+        self.down4 = nn.Sequential(ConvAct(grow * c3, c4, block), ConvAct(c4, c4, block))
         self.pool = nn.MaxPool2d(2)
 
         def attention(channels: int) -> nn.Module:
             return FGAM(channels) if fgam else nn.Identity()
 
         self.fgam1, self.fgam2, self.fgam3, self.fgam4 = (attention(c) for c in (c1, c2, c3, c4))
-        self.bottleneck = ConvAct(grow * c4, c5)
+        self.bottleneck = ConvAct(grow * c4, c5, block)
         self.global_fc = nn.Conv2d(c5, c4, 1)  # the fully connected layer on the pooled vector
-        self.bridge = nn.Sequential(ConvAct(2 * c4, c4), ConvAct(c4, c4))
-        self.up1 = CCB(c4, c3, skip_channels=c3)
-        self.up2 = CCB(c3, c2, skip_channels=c2)
-        self.up3 = CCB(c2, c1, skip_channels=c1)
-        self.up4 = CCB(c1, c1) if scale == 2 else None
+        self.bridge = nn.Sequential(ConvAct(2 * c4, c4, block), ConvAct(c4, c4, block))
+        self.up1 = CCB(c4, c3, skip_channels=c3, block=block)
+        self.up2 = CCB(c3, c2, skip_channels=c2, block=block)
+        self.up3 = CCB(c2, c1, skip_channels=c1, block=block)
+        self.up4 = CCB(c1, c1, block=block) if scale == 2 else None
         self.tail = nn.Conv2d(c1, 3, 3, padding=1)
         if scale == 1:
             self.feature_taps = self.feature_taps[:3]
-            self.prune_ignore = tuple(p for p in self.prune_ignore if not p.startswith("up4."))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -263,13 +268,13 @@ class LWISP(nn.Module):
     tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE,
     paper={"params": 2_014_681, "params_tolerance": 0.025, "flops_224": 4.234e9,
            "source": "LW-ISP (seed 004) Table 3, w/ FGAM: ours 2,063,177 (+2.4 %), see students/lwisp.py"}))
-def lwisp(width: float = 1.0) -> LWISP:
-    return LWISP(width=width, fgam=True)
+def lwisp(width: float = 1.0, block: BlockKind = "conv") -> LWISP:
+    return LWISP(width=width, fgam=True, block=block)
 
 
 @STUDENTS.register("lwisp_nofgam", ModelInfo(
     tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE,
     paper={"params": 1_660_777, "flops_224": 3.441e9,
            "source": "LW-ISP (seed 004) Table 3, w/o FGAM: ours 1,665,587 (+0.3 %)"}))
-def lwisp_nofgam(width: float = 1.0) -> LWISP:
-    return LWISP(width=width, fgam=False)
+def lwisp_nofgam(width: float = 1.0, block: BlockKind = "conv") -> LWISP:
+    return LWISP(width=width, fgam=False, block=block)

@@ -6,12 +6,18 @@ then a x2 pixel shuffle from 12 channels to 3: exactly 4,652 parameters for 4-ch
 
 ``batch_norm=True`` adds training-time BatchNorm after each conv (faster, steadier short trainings);
 ``compress.fold`` merges it back into the convs, so the shipped net is the 4,652-parameter Smallnet.
+
+``block`` trains each conv as a re-parameterizable block (``compress.reparam``: ``"repvgg"``,
+``"ecb"``, ``"ereop"``); folding turns each back into one 3x3 conv, so the shipped net is the same.
+A block folds its own BatchNorm (``convN.norm``), so ``conv_bn_pairs`` is empty then.  ``conv3``
+(which feeds the pixel shuffle) is a block too: it stays in ``prune_ignore`` as a whole.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from compress.reparam import BlockKind, check_block, make_conv
 from students.registry import STUDENTS
 from teachers.registry import ModelInfo
 
@@ -24,19 +30,29 @@ class Smallnet(nn.Module):
     feature_taps = ("act1", "act2", "act3")  # module paths of the features distillation can match
 
     def __init__(
-        self, width: int = 16, in_channels: int = 4, out_channels: int = 3, scale: int = 2, batch_norm: bool = False
+        self, width: int = 16, in_channels: int = 4, out_channels: int = 3, scale: int = 2, batch_norm: bool = False,
+        block: BlockKind = "conv",
     ) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"Smallnet width must be >= 1; got {width}")
+        check_block(block)
         shuffled = out_channels * scale * scale
 
-        def norm(channels: int) -> nn.Module:
-            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        def layer(cin: int, cout: int) -> tuple[nn.Module, nn.Module]:
+            """``(conv, bn)``: a plain conv keeps its BN beside it, a rep block carries (and folds) its own."""
+            if block != "conv":
+                return make_conv(block, cin, cout, 3, norm=batch_norm), nn.Identity()
+            return nn.Conv2d(cin, cout, 3, padding=1), (nn.BatchNorm2d(cout) if batch_norm else nn.Identity())
 
-        self.conv1, self.bn1, self.act1 = nn.Conv2d(in_channels, width, 3, padding=1), norm(width), nn.Tanh()
-        self.conv2, self.bn2, self.act2 = nn.Conv2d(width, width, 3, padding=1), norm(width), nn.ReLU()
-        self.conv3, self.bn3, self.act3 = nn.Conv2d(width, shuffled, 3, padding=1), norm(shuffled), nn.ReLU()
+        if block != "conv":
+            self.conv_bn_pairs = ()
+        self.conv1, self.bn1 = layer(in_channels, width)
+        self.act1 = nn.Tanh()
+        self.conv2, self.bn2 = layer(width, width)
+        self.act2 = nn.ReLU()
+        self.conv3, self.bn3 = layer(width, shuffled)
+        self.act3 = nn.ReLU()
         # scale 1 (the clean-image teacher body): no shuffle at all, TFLite has no 1x1 depth-to-space
         self.shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
 
@@ -48,5 +64,5 @@ class Smallnet(nn.Module):
 
 @STUDENTS.register("smallnet", ModelInfo(
     tiny_config={"width": 8}, paper={"params": 4_652, "params_tolerance": 0, "source": "MAI 2021 report (seed 001), team dh_isp"}))
-def smallnet(width: int = 16, batch_norm: bool = False) -> Smallnet:
-    return Smallnet(width=width, batch_norm=batch_norm)
+def smallnet(width: int = 16, batch_norm: bool = False, block: BlockKind = "conv") -> Smallnet:
+    return Smallnet(width=width, batch_norm=batch_norm, block=block)
