@@ -30,6 +30,7 @@ class ModelSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     widths: dict[str, int] | None = None  # conv name -> out_channels, set once pruned
     folded: bool = False
+    widths_after_fold: bool = False  # pruned after folding: the widths name the folded model's convs
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -39,9 +40,11 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
     create = create_teacher if spec.family == "teacher" else create_student
     model = create(spec.name, **spec.config)
+    if spec.folded and spec.widths_after_fold:
+        model, _ = fold_model(model, inplace=True)
     if spec.widths:
         apply_channel_plan(model, spec.widths)
-    if spec.folded:
+    if spec.folded and not spec.widths_after_fold:
         model, _ = fold_model(model, inplace=True)
     return model
 

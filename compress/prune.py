@@ -44,6 +44,8 @@ class PruneTarget(BaseModel):
     macs_reduction: float | None = Field(None, gt=0.0, lt=0.95, description="remove this fraction of the MACs")
     params_reduction: float | None = Field(None, gt=0.0, lt=0.95, description="remove this fraction of the params")
     layer_ratios: dict[str, float] = Field(default_factory=dict, description="module path -> its own ratio")
+    layer_weights: dict[str, float] = Field(default_factory=dict, description="module path -> multiplier of the "
+                                            "(searched) ratio, e.g. from a sensitivity analysis")
     importance: Importance = "magnitude"
     global_pruning: bool = False
     round_to: int | None = Field(None, ge=1, description="keep widths a multiple of this")
@@ -56,7 +58,15 @@ class PruneTarget(BaseModel):
         for name, value in self.layer_ratios.items():
             if not 0.0 <= value < 0.95:
                 raise ValueError(f"layer_ratios.{name}: {value} is not in [0, 0.95)")
+        for name, value in self.layer_weights.items():
+            if value < 0:
+                raise ValueError(f"layer_weights.{name}: {value} is negative")
         return self
+
+    def layer_ratio_dict(self, ratio: float) -> dict[str, float]:
+        """Per-layer ratios at global ``ratio``: weighted layers scale with it, explicit ones stay."""
+        weighted = {name: min(0.9, ratio * w) for name, w in self.layer_weights.items()}
+        return {**weighted, **self.layer_ratios}
 
     @property
     def budget(self) -> tuple[str, float] | None:
@@ -92,6 +102,19 @@ def _importance(kind: Importance) -> tp.importance.Importance:
 def _prune_once(model: nn.Module, example_input: torch.Tensor, target: PruneTarget, ratio: float,
                 grad_fn: GradFn | None) -> None:
     model.eval()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    for p in model.parameters():  # torch-pruning traces the autograd graph: a frozen model (a KD teacher) has none
+        p.requires_grad_(True)
+    try:
+        _prune_traced(model, example_input, target, ratio, grad_fn)
+    finally:  # by name: pruning replaces the parameter objects
+        for name, p in model.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
+
+
+def _prune_traced(model: nn.Module, example_input: torch.Tensor, target: PruneTarget, ratio: float,
+                  grad_fn: GradFn | None) -> None:
     if target.importance == "taylor":
         if grad_fn is None:
             raise PruneError("importance 'taylor' needs gradients: pass grad_fn (training batches)")
@@ -99,15 +122,16 @@ def _prune_once(model: nn.Module, example_input: torch.Tensor, target: PruneTarg
         grad_fn(model)
     with prunable_view(model, example_input):
         modules = dict(model.named_modules())
-        unknown = [n for n in target.layer_ratios if n not in modules]
+        per_layer = target.layer_ratio_dict(ratio)
+        unknown = [n for n in per_layer if n not in modules]
         if unknown:
-            raise PruneError(f"layer_ratios names no module: {', '.join(unknown)}")
+            raise PruneError(f"layer_ratios / layer_weights name no module: {', '.join(unknown)}")
         pruner = tp.pruner.MetaPruner(
             model,
             example_input,
             importance=_importance(target.importance),
             pruning_ratio=ratio,
-            pruning_ratio_dict={modules[n]: r for n, r in target.layer_ratios.items()} or None,
+            pruning_ratio_dict={modules[n]: r for n, r in per_layer.items()} or None,
             global_pruning=target.global_pruning,
             ignored_layers=ignored_layers(model),
             round_to=target.round_to,
@@ -172,3 +196,40 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, target: PruneTarg
     ratio = ratio_for_budget(model, example_input, target, grad_fn)
     _prune_once(model, example_input, target, ratio, grad_fn)
     return channel_plan(model)
+
+
+def prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Module paths of the layers that root a pruning group (what a per-layer ratio can name)."""
+    from compress.prune_rules import dependency_graph
+
+    model.eval()
+    with prunable_view(model, example_input):
+        names = {id(m): n for n, m in model.named_modules()}
+        graph = dependency_graph(model, example_input)
+        roots = [group[0].dep.target.module for group in graph.get_all_groups(
+            ignored_layers=ignored_layers(model),
+            root_module_types=[nn.Conv2d, nn.ConvTranspose2d, nn.Linear, ShuffleChainStandIn])]
+        return [names[id(m)] for m in roots if id(m) in names]
+
+
+def round_targets(target: PruneTarget, rounds: int) -> list[PruneTarget]:
+    """Split a target into ``rounds`` successive targets that compose to it (iterative pruning).
+
+    A ratio keeps ``(1 - r)^(1/rounds)`` of the channels per round; a budget removes an equal share of
+    the *original* cost per round, each round's fraction taken of what the previous rounds left.
+    """
+    if rounds == 1:
+        return [target]
+    out = []
+    budget = target.budget
+    for i in range(1, rounds + 1):
+        if budget is None:
+            keep = (1 - target.channel_ratio) ** (1 / rounds)
+            layers = {n: 1 - (1 - r) ** (1 / rounds) for n, r in target.layer_ratios.items()}  # weights scale as is
+            out.append(target.model_copy(update={"ratio": 1 - keep, "layer_ratios": layers}))
+        else:
+            kind, fraction = budget
+            done, goal = fraction * (i - 1) / rounds, fraction * i / rounds
+            step = 1 - (1 - goal) / (1 - done)
+            out.append(target.model_copy(update={f"{kind}_reduction": step}))
+    return out

@@ -117,7 +117,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _batches(dataset: PairedPatchDataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def training_batches(dataset: PairedPatchDataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless, reproducible stream of batches: a new crop set and order every epoch."""
     epoch = 0
     while True:
@@ -150,7 +150,7 @@ def train(
     torch.manual_seed(seed)
     model.train()
     criterion = criterion or spec.criterion()
-    batches = _batches(dataset, spec.batch_size, seed)
+    batches = training_batches(dataset, spec.batch_size, seed)
     first = next(batches)
     params = list(model.parameters())
     if kd:

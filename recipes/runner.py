@@ -58,9 +58,9 @@ class RunContext:
         return Path(self.outcomes[stage].outputs[name])
 
     def model_dir(self) -> Path:
-        """The newest student model: after fold, prune or the student stage, whichever ran last."""
-        for stage in ("fold", "prune", "student"):
-            if stage in self.outcomes and "model" in self.outcomes[stage].outputs:
+        """The newest student model: of the student, prune and fold stages, the one that ran last."""
+        for stage in reversed(list(self.outcomes)):
+            if stage in ("fold", "prune", "student") and "model" in self.outcomes[stage].outputs:
                 return self.output(stage, "model")
         raise StageError("no student model has been produced yet")
 
@@ -74,11 +74,14 @@ def stage_plan(recipe: Recipe) -> list[tuple[str, Any]]:
     if recipe.teacher is not None:
         plan.append(("teacher", recipe.teacher))
     plan.append(("student", recipe.student))
-    if recipe.prune is not None:
-        plan.append(("prune", recipe.prune))
+    compress = [("prune", recipe.prune)] if recipe.prune is not None else []
     if recipe.fold.enabled:
-        plan.append(("fold", recipe.fold))
+        compress.insert(0 if recipe.fold.before_prune else len(compress), ("fold", recipe.fold))
+    plan += compress
     plan += [("quantize", recipe.quantize), ("export", recipe.export), ("handoff", recipe.handoff)]
+    names = [name for name, _ in plan]
+    if recipe.run_until in names:  # positional: fold may run before prune
+        return plan[: names.index(recipe.run_until) + 1]
     last = STAGE_ORDER.index(recipe.run_until)
     return [(name, cfg) for name, cfg in plan if STAGE_ORDER.index(name) <= last]
 

@@ -210,13 +210,29 @@ class StudentStage(ModelBlock):
     distill: DistillSpec = Field(default_factory=DistillSpec)
 
 
+class SensitivitySpec(Strict):
+    """Prune each layer group alone by ``ratio`` and log the held-out PSNR drop (table + bar plot)."""
+
+    ratio: float = Field(0.3, gt=0.0, lt=0.95)
+    derive_ratios: bool = Field(False, description="prune the least sensitive layers hardest: rank-based "
+                                "multipliers (1.5x .. 0.5x) of the ratio; explicit layer_ratios win")
+
+
 class PruneStage(PruneTarget):
-    finetune: TrainSpec = Field(default_factory=lambda: TrainSpec(steps=100))
+    steps: int = Field(1, ge=1, le=20, description="iterative pruning: this many prune + KD fine-tune rounds")
+    finetune: TrainSpec = Field(default_factory=lambda: TrainSpec(steps=100),
+                                description="fine-tune after pruning; its steps are split over the rounds")
     kd_weight: float = Field(0.5, ge=0, description="output KD from the unpruned model during fine-tune")
+    sensitivity: SensitivitySpec | None = None
+
+    @property
+    def target(self) -> PruneTarget:
+        return PruneTarget(**self.model_dump(include=set(PruneTarget.model_fields)))
 
 
 class FoldStage(Strict):
     enabled: bool = True
+    before_prune: bool = Field(False, description="fold first, then prune the folded model")
 
 
 class QuantizeStage(Strict):

@@ -29,7 +29,8 @@ from distill.trainer import DEFAULT_TASK, Task, evaluate, predict, train
 from distill.visualize import sample_grid, save_png
 from recipes.runner import RunContext, StageError, git_sha
 from recipes.loader import recipe_hash
-from recipes.schema import Recipe
+from distill.trainer import TrainSpec
+from recipes.schema import PruneStage, Recipe
 
 
 @dataclass
@@ -204,23 +205,88 @@ def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     return _finish_model_stage(ctx, folder, "student", model, spec, extra)
 
 
+def _taylor_grad_fn(ctx: RunContext, spec: TrainSpec, batches: int = 4):
+    """Gradients of the fine-tune loss on a few training batches, for first-order Taylor importance."""
+    from distill.trainer import training_batches
+
+    criterion = spec.criterion()
+
+    def accumulate(model: nn.Module) -> None:
+        stream = training_batches(ctx.data.train_set, spec.batch_size, ctx.recipe.seed + 3)
+        model.train()
+        for _ in range(batches):
+            raw, rgb = next(stream)
+            loss, _ = criterion(model(raw), rgb)
+            loss.backward()
+        model.eval()
+
+    return accumulate
+
+
+def _log_sensitivity(ctx: RunContext, folder: Path, model: nn.Module, example: torch.Tensor,
+                     cfg: PruneStage) -> dict[str, float]:
+    """Prune each layer group alone, log the table and bar plot; returns derived per-layer ratio weights."""
+    from compress.sensitivity import derive_layer_weights, layer_sensitivity, plot_sensitivity, sensitivity_markdown
+
+    assert cfg.sensitivity is not None
+    spec = cfg.sensitivity
+    score = lambda m: _quality(ctx, m)["psnr"]  # noqa: E731
+    rows = layer_sensitivity(model, example, score, spec.ratio, cfg.target)
+    (folder / "sensitivity.json").write_text(json.dumps(rows, indent=2))
+    (folder / "sensitivity.md").write_text(sensitivity_markdown(rows))
+    plot = plot_sensitivity(rows, folder / "sensitivity.png", spec.ratio)
+    for path in (folder / "sensitivity.json", folder / "sensitivity.md", plot):
+        ctx.tracker.log_artifact(path, artifact_path="sensitivity")
+    ctx.tracker.log_metrics({"sensitivity_max_drop_db": max(float(r["drop_db"]) for r in rows),
+                             "sensitivity_layers": float(len(rows))})
+    return derive_layer_weights(rows) if spec.derive_ratios else {}
+
+
 def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Prune to the target in ``steps`` rounds, each followed by a KD fine-tune from the unpruned model;
+    optionally a sensitivity analysis first (which can set per-layer ratios)."""
+    from compress.prune import PruneError, round_targets
+
     cfg = ctx.recipe.prune
     assert cfg is not None
     model, spec = load_model(ctx.model_dir())
     dense = copy.deepcopy(model)
     shape = _input_shape(ctx.recipe)
-    before = {"params_before": count_params(model), "macs_before": count_macs(model, shape)}
-    widths = prune_model(model, torch.zeros(shape), cfg)
-    after_prune = _quality(ctx, model)
-    kd = Distiller(dense, output_weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
-    train(model, ctx.data.train_set, cfg.finetune, seed=ctx.recipe.seed + 2, kd=kd, log=_train_log(ctx),
-          desc="prune fine-tune")
-    spec = spec.model_copy(update={"widths": widths})
-    extra = {**before, "psnr_before_finetune": after_prune["psnr"]}
+    example = torch.zeros(shape)
+    before = {"params_before": count_params(model), "macs_before": count_macs(model, shape),
+              "psnr_before": _quality(ctx, model)["psnr"]}
+    ctx.tracker.log_metrics(before)
+    target = cfg.target
+    if cfg.sensitivity is not None:
+        derived = _log_sensitivity(ctx, folder, model, example, cfg)
+        if derived:
+            target = target.model_copy(update={"layer_weights": {**derived, **target.layer_weights}})
+            ctx.tracker.log_params({"prune_derived_layer_weights": json.dumps(
+                {k: round(v, 3) for k, v in derived.items()})[:6000]})
+    grad_fn = _taylor_grad_fn(ctx, cfg.finetune) if target.importance == "taylor" else None
+    finetune = cfg.finetune.model_copy(update={"steps": cfg.finetune.steps // cfg.steps})
+    extra: dict[str, float] = dict(before)
+    widths: dict[str, int] = {}
+    for i, round_target in enumerate(round_targets(target, cfg.steps), start=1):
+        try:
+            widths = prune_model(model, example, round_target, grad_fn)
+        except PruneError as exc:
+            raise StageError(f"prune: round {i}: {exc}") from None
+        pruned = _quality(ctx, model)["psnr"]
+        kd = Distiller(dense, output_weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
+        train(model, ctx.data.train_set, finetune, seed=ctx.recipe.seed + 2 + i, kd=kd,
+              log=_train_log(ctx, f"round{i}_" if cfg.steps > 1 else ""), desc=f"prune round {i} fine-tune")
+        tuned = _quality(ctx, model)["psnr"]
+        extra.update({f"round{i}_psnr_pruned": pruned, f"round{i}_psnr": tuned,
+                      f"round{i}_macs": float(count_macs(model, shape))})
+        ctx.tracker.log_metrics({k: v for k, v in extra.items() if k.startswith(f"round{i}_")})
+    extra["psnr_before_finetune"] = extra[f"round{cfg.steps}_psnr_pruned"]
+    spec = spec.model_copy(update={"widths": widths, "widths_after_fold": spec.folded})
     metrics, outputs = _finish_model_stage(ctx, folder, "prune", model, spec, extra)
     metrics["macs_reduction"] = 1.0 - metrics["macs"] / max(before["macs_before"], 1)
-    ctx.tracker.log_metrics({"macs_reduction": metrics["macs_reduction"]})
+    metrics["params_reduction"] = 1.0 - metrics["params"] / max(before["params_before"], 1)
+    metrics["psnr_drop_db"] = before["psnr_before"] - metrics["psnr"]
+    ctx.tracker.log_metrics({k: metrics[k] for k in ("macs_reduction", "params_reduction", "psnr_drop_db")})
     (folder / "channel_plan.json").write_text(json.dumps(widths, indent=2))
     ctx.tracker.log_artifact(folder / "channel_plan.json")
     return metrics, outputs

@@ -159,3 +159,29 @@ def test_taylor_importance_uses_gradients_and_layer_ratios_override() -> None:
     plan = prune_model(model, x, PruneTarget(ratio=0.25, importance="taylor", layer_ratios={"conv1": 0.5}),
                        grad_fn=grad_fn)
     assert calls and plan["conv1"] == 4 and plan["conv2"] == 6  # width-8 tiny Smallnet: 8 -> 4 and 8 -> 6
+
+
+def test_round_targets_compose_to_the_target_and_weights_scale_the_searched_ratio() -> None:
+    from compress.prune import round_targets
+    from compress.sensitivity import derive_layer_weights
+
+    rounds = round_targets(PruneTarget(ratio=0.5), 3)
+    keep = 1.0
+    for r in rounds:
+        keep *= 1 - r.ratio
+    assert keep == pytest.approx(0.5)
+    budget = round_targets(PruneTarget(macs_reduction=0.6), 2)  # 30 % of the original, then 30 % of it again
+    assert [r.macs_reduction for r in budget] == pytest.approx([0.3, 1 - 0.4 / 0.7])
+    weights = derive_layer_weights([{"layer": "a", "drop_db": 2.0}, {"layer": "b", "drop_db": 0.1},
+                                    {"layer": "c", "drop_db": 0.5}])
+    assert weights == pytest.approx({"b": 1.5, "c": 1.0, "a": 0.5})
+    target = PruneTarget(layer_weights=weights, layer_ratios={"c": 0.1})
+    assert target.layer_ratio_dict(0.4) == pytest.approx({"a": 0.2, "b": 0.6, "c": 0.1})
+
+
+def test_a_frozen_model_prunes_too() -> None:
+    model, x, _ = _tiny("student", "smallnet")
+    for p in model.parameters():
+        p.requires_grad_(False)  # e.g. it served as a KD teacher
+    plan = prune_model(model, x, PruneTarget(ratio=0.5))
+    assert plan["conv1"] == 4 and not any(p.requires_grad for p in model.parameters())
