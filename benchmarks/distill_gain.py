@@ -88,15 +88,19 @@ def _groups(scale: float) -> dict[str, Group]:
     }
 
 
-def _train_teacher(recipe: str, overrides: list[str], work: Path) -> torch.nn.Module:
+def _train_teacher(recipe: str, overrides: list[str], work: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     from compress.checkpoint import load_model
     from recipes.loader import load_recipe
     from recipes.runner import run_recipe
 
     spec, path = load_recipe(recipe, ["run_until=teacher", "seed=0", *overrides])
     _, outcomes = run_recipe(spec, path, work / recipe)
-    model, _ = load_model(Path(outcomes[0].outputs["model"]))
-    return model.eval()
+    teacher = outcomes[0]
+    model, model_spec = load_model(Path(teacher.outputs["model"]))
+    summary = {"recipe": recipe, "model": model_spec.name, "config": model_spec.config, "seconds": teacher.seconds,
+               "psnr_initial": teacher.metrics["psnr_initial"], "psnr": teacher.metrics["psnr"],
+               "ssim": teacher.metrics["ssim"]}
+    return model.eval(), summary
 
 
 def _eval_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -109,7 +113,7 @@ def _eval_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor
     return out
 
 
-def run_group(group: Group, seeds: list[int], work: Path) -> list[dict[str, Any]]:
+def run_group(group: Group, seeds: list[int], work: Path, teacher_log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from distill.adapters import FeaturePair
     from distill.data.datasets import PairedPatchDataset
     from distill.data.embedded import load_embedded
@@ -117,7 +121,10 @@ def run_group(group: Group, seeds: list[int], work: Path) -> list[dict[str, Any]
     from distill.trainer import TrainSpec, evaluate, train
     from students import create_student
 
-    teachers = {k: _train_teacher(recipe, ov, work) for k, (recipe, ov) in group.teachers.items()}
+    teachers = {}
+    for key, (recipe, overrides) in group.teachers.items():
+        teachers[key], summary = _train_teacher(recipe, overrides, work)
+        teacher_log.append(summary)
     train_pairs, held_out = load_embedded("train", seed=0), _eval_pairs(load_embedded("eval", seed=0))
     spec = TrainSpec(**group.train, log_every=10_000)
     rows = []
@@ -154,7 +161,10 @@ def _std(values: list[float]) -> float:
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| student | variant | teacher | steps | PSNR dB (mean +- std) | SSIM | gain dB vs baseline (paired) |",
+    rows = ["| teacher (recipe) | config | train s | held-out PSNR before -> after training |", "|---|---|---|---|"]
+    rows += [f"| {t['model']} ({t['recipe']}) | {t['config']} | {t['seconds']:.0f} | "
+             f"{t['psnr_initial']:.2f} -> {t['psnr']:.2f} |" for t in result["teachers"]]
+    rows += ["", "| student | variant | teacher | steps | PSNR dB (mean +- std) | SSIM | gain dB vs baseline (paired) |",
             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rows.append(f"| {r['student']} {r['config']} | {r['variant']} | {r['teacher'] or '-'} | {r['steps']} | "
@@ -181,10 +191,11 @@ def main() -> None:
     groups = _groups(args.scale)
     names = args.groups or list(groups)
     started = time.perf_counter()
+    teachers: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for name in names for row in run_group(groups[name], args.seeds, Path(tmp))]
+        rows = [row for name in names for row in run_group(groups[name], args.seeds, Path(tmp), teachers)]
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "seeds": args.seeds, "scale": args.scale,
-              "device": "cpu", "wall_s": time.perf_counter() - started, "rows": rows}
+              "device": "cpu", "wall_s": time.perf_counter() - started, "teachers": teachers, "rows": rows}
     publish_result(result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
 

@@ -397,7 +397,9 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
     from distill.metrics import psnr, ssim
 
     cfg, qcfg = ctx.recipe.export, ctx.recipe.quantize
-    model, _ = load_model(ctx.model_dir())
+    model, spec = load_model(ctx.model_dir())
+    if not spec.folded:  # fold: disabled still ships single convs: folding is exact, branches only cost time
+        model, _ = fold_model(model)
     raws, rgbs = eval_crops(ctx)
     with torch.no_grad():
         reference = model(torch.from_numpy(raws)).numpy()
@@ -473,7 +475,7 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
         "quantization": "int8: per-channel int8 weights, per-tensor int8 activations"
         + (", int8 input/output" if recipe.quantize.int8_io else ", float input/output"),
         "model": {"family": spec.family, "name": spec.name, "config": spec.config, "widths": spec.widths,
-                  "folded": spec.folded},
+                  "folded": True},  # the export stage folds whatever the fold stage did not
         "input": {
             "name": inp["name"], "shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC",
             "scale": inp.get("scale"), "zero_point": inp.get("zero_point"),
