@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,11 +25,10 @@ from compress.prune import prune_model
 from distill.adapters import AdapterError
 from distill.distiller import Distiller
 from distill.taps import TapError
-from distill.trainer import DEFAULT_TASK, Task, evaluate, predict, train
+from distill.trainer import DEFAULT_TASK, Task, TrainSpec, evaluate, predict, train
 from distill.visualize import sample_grid, save_png
 from recipes.runner import RunContext, StageError, git_sha
 from recipes.loader import recipe_hash
-from distill.trainer import TrainSpec
 from recipes.schema import PruneStage, Recipe
 
 
@@ -205,7 +204,7 @@ def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     return _finish_model_stage(ctx, folder, "student", model, spec, extra)
 
 
-def _taylor_grad_fn(ctx: RunContext, spec: TrainSpec, batches: int = 4):
+def _taylor_grad_fn(ctx: RunContext, spec: TrainSpec, batches: int = 4) -> Callable[[nn.Module], None]:
     """Gradients of the fine-tune loss on a few training batches, for first-order Taylor importance."""
     from distill.trainer import training_batches
 
