@@ -93,7 +93,7 @@ def measure(name: str, scale: float, work: Path) -> list[dict[str, Any]]:
                "psnr_no_finetune": quality_pruned["psnr"], "finetune_steps": finetune.steps}
         for kd_name, weight in (("plain", 0.0), ("kd", 0.5)):
             tuned = copy.deepcopy(pruned)
-            kd = Distiller(dense, output_weight=weight) if weight else None
+            kd = Distiller(copy.deepcopy(dense), output_weight=weight) if weight else None  # it freezes its teacher
             train(tuned, data, finetune, seed=1, kd=kd, desc=f"{name} {level:.0%} {kd_name}")
             scores = evaluate(tuned, held_out)
             row[f"psnr_{kd_name}"], row[f"ssim_{kd_name}"] = scores["psnr"], scores["ssim"]

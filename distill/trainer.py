@@ -152,7 +152,9 @@ def train(
     criterion = criterion or spec.criterion()
     batches = training_batches(dataset, spec.batch_size, seed)
     first = next(batches)
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{desc}: the model has no trainable parameters (all frozen, e.g. it served as a KD teacher)")
     if kd:
         kd.prepare(model, *task.inputs_targets(*first))
         params += kd.parameters()

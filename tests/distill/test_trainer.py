@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -81,3 +82,10 @@ def test_output_kd_term_is_logged_and_pulls_towards_teacher() -> None:
                    kd=Distiller(teacher, output_weight=10.0, output_loss="mse"))
     assert "kd_output" in result.history[0]
     assert student(data.raw[:4]).abs().mean() < data.rgb[:4].abs().mean()  # pulled towards the zero teacher
+
+
+def test_a_frozen_model_is_refused_with_a_clear_message() -> None:
+    model = Tiny()
+    Distiller(model, output_weight=1.0)  # freezes its teacher
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(model, Pairs(), TrainSpec(steps=1, batch_size=2))
