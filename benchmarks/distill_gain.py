@@ -103,7 +103,8 @@ def _train_teacher(recipe: str, overrides: list[str], work: Path) -> tuple[torch
     return model.eval(), summary
 
 
-def _eval_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def held_out_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole held-out images centre-cropped to a multiple of 32 packed pixels (every model accepts that)."""
     out = []
     for p in pairs:
         raw, rgb = torch.from_numpy(p.raw), torch.from_numpy(p.rgb)
@@ -125,7 +126,7 @@ def run_group(group: Group, seeds: list[int], work: Path, teacher_log: list[dict
     for key, (recipe, overrides) in group.teachers.items():
         teachers[key], summary = _train_teacher(recipe, overrides, work)
         teacher_log.append(summary)
-    train_pairs, held_out = load_embedded("train", seed=0), _eval_pairs(load_embedded("eval", seed=0))
+    train_pairs, held_out = load_embedded("train", seed=0), held_out_pairs(load_embedded("eval", seed=0))
     spec = TrainSpec(**group.train, log_every=10_000)
     rows = []
     for variant in group.variants:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.distill_gain import _eval_pairs
+from benchmarks.distill_gain import held_out_pairs
 from benchmarks.report import ROOT, machine, publish
 
 LEVELS = (0.0, 0.3, 0.5, 0.7)
@@ -75,7 +75,7 @@ def measure(name: str, scale: float, work: Path) -> list[dict[str, Any]]:
     config, train_cfg = MODELS[name]
     train_cfg = {**train_cfg, "steps": max(1, round(train_cfg["steps"] * scale))}
     dense = _train_student(name, config, train_cfg, work).eval()
-    held_out = _eval_pairs(load_embedded("eval", seed=0))
+    held_out = held_out_pairs(load_embedded("eval", seed=0))
     data = PairedPatchDataset(load_embedded("train", seed=0), patch_size=64, patches_per_image=32, seed=0)
     finetune = TrainSpec(**{**train_cfg, "steps": max(1, train_cfg["steps"] // 3), "lr": train_cfg["lr"] / 3},
                          log_every=10_000)
