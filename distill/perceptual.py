@@ -60,7 +60,9 @@ class PerceptualLoss(nn.Module):
             raise FileNotFoundError(f"perceptual loss weights {weights} not found: put a torchvision VGG-19 "
                                     "state_dict there (this toolkit never downloads weights)")
         features = vgg19_features()[: LAYER_NAMES.index(layer) + 1]
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from compress.checkpoint import load_weights  # weights_only=True; a code-running pickle: CheckpointError
+
+        state = load_weights(weights)
         state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
         wanted = features.state_dict().keys()
         missing = [k for k in wanted if k not in state]

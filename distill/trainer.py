@@ -9,15 +9,18 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from distill import distributed
+from distill.checkpointing import (CheckpointError, capture_rng_states, load_checkpoint, restore_rng_states,
+                                   save_checkpoint)
 from distill.distiller import Distiller
 from distill.losses import KNOWN_LOSSES, WeightedLoss
 from distill.metrics import psnr, ssim
@@ -56,6 +59,13 @@ class TrainSpec(BaseModel):
     losses: dict[str, float] = Field(default_factory=lambda: {"l1": 1.0})
     perceptual: PerceptualSpec | None = Field(None, description="settings of the 'perceptual' loss term")
     log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints (and one at the end)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype; fp16 adds a GradScaler")
+    channels_last: bool = Field(False, description="NHWC memory format for model and batches (tensor cores)")
+    compile: bool = Field(False, description="torch.compile the model's forward")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    pin_memory: bool = Field(True, description="page-locked batches for faster host->GPU copies (CUDA only)")
 
     @field_validator("losses")
     @classmethod
@@ -117,15 +127,146 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def training_batches(dataset: PairedPatchDataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless, reproducible stream of batches: a new crop set and order every epoch."""
-    epoch = 0
-    while True:
-        dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
-        yield from loader
-        epoch += 1
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled item order of one epoch: a pure function of (seed, epoch), as DataLoader's
+    ``shuffle=True`` with a generator seeded ``seed * 100_003 + epoch`` draws it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base-seed draw came first
+    return torch.randperm(size, generator=generator).tolist()
+
+
+class StreamBatches:
+    """Batch sampler of the endless seeded stream: global batch ``step`` is slice ``step % per_epoch`` of
+    epoch ``step // per_epoch``'s order, and this rank yields its shard of it as ``(epoch, index)`` keys.
+
+    Starting at ``start_step`` lands on exactly the batch an uninterrupted run sees there, without
+    touching the model or the data (a resumed run) and every rank of a DDP run covers a disjoint slice.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if size < 1:
+            raise ValueError("the training set is empty")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.per_epoch = math.ceil(size / batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step, cached_epoch, order = self.start_step, -1, []
+        while True:
+            epoch, b = divmod(step, self.per_epoch)
+            if epoch != cached_epoch:
+                cached_epoch, order = epoch, epoch_order(self.size, self.seed, epoch)
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(epoch, i) for i in distributed.shard(batch, self.rank, self.world_size)]
+            step += 1
+
+
+class _EpochItems(Dataset):
+    """Items addressed by ``(epoch, index)``: each read selects its epoch's crops first, so a stream that
+    crosses epochs works inside DataLoader workers (each holds its own copy of the dataset)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def training_batches(
+    dataset: PairedPatchDataset,
+    batch_size: int,
+    seed: int,
+    *,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless, reproducible stream of batches: a new crop set and order every epoch.
+
+    ``batch_size`` is the global batch; with ``world_size`` > 1 this rank gets its contiguous shard.
+    """
+    sampler = StreamBatches(len(dataset), batch_size, seed, start_step, rank, world_size)
+    loader = DataLoader(_EpochItems(dataset), batch_sampler=sampler, num_workers=num_workers,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))  # not the global RNG
+    yield from loader
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available; asking for CUDA without one is an error, not a silent CPU run."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.info().enabled:
+        return torch.device("cuda", distributed.info().local_rank)
+    return torch.device(name)
+
+
+def _to_float(value: Any) -> Any:
+    """Autocast outputs (a tensor, or a list/tuple/dict of them) back to float32 for the loss."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    return value
+
+
+class _TrainStep(nn.Module):
+    """One step's forward and loss as a module, so DistributedDataParallel syncs the gradients of the
+    model *and* the KD adapters.  The model runs under autocast; the recipe's loss runs in float32."""
+
+    def __init__(self, model: nn.Module, kd: Distiller | None, task: Task, criterion: Callable,
+                 autocast: Callable[[], Any], compiled: Callable | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.adapters = kd.adapters if kd else nn.ModuleDict()
+        self.__dict__["_kd"], self.__dict__["_task"], self.__dict__["_criterion"] = kd, task, criterion
+        self.__dict__["_autocast"], self.__dict__["_compiled"] = autocast, compiled
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        kd, task = self._kd, self._task
+        taps = kd.student_taps if kd and kd.student_taps else nullcontext()
+        with self._autocast():
+            with taps:
+                if self._compiled is not None and not task.multilevel:
+                    pred = self._compiled(x, level=task.level) if task.level else self._compiled(x)
+                else:
+                    pred = task.train_forward(self.model, x)
+            kd_out = kd.loss(pred, x, target) if kd else None
+        loss, parts = self._criterion(_to_float(pred), target)
+        if kd_out is not None:
+            kd_loss, kd_parts = kd_out
+            parts.update(kd_parts)
+            loss = loss + kd_loss.float()
+        return loss, parts
+
+
+def _move_criterion(criterion: Any, device: torch.device) -> None:
+    """Loss terms with weights (the perceptual VGG) follow the model to its device."""
+    if isinstance(criterion, nn.Module):
+        criterion.to(device)
+    for fn, _weight in getattr(criterion, "terms", {}).values():
+        if isinstance(fn, nn.Module):
+            fn.to(device)
+
+
+def nonfinite_message(desc: str, loss: float, step: int, parts: dict[str, float]) -> str:
+    """One line naming the step and the loss term(s) that went NaN/Inf (or the sum, if every term is finite)."""
+    bad = [f"{k}={v}" for k, v in parts.items() if not math.isfinite(v)]
+    culprit = f"non-finite term(s): {', '.join(bad)}" if bad else "every term is finite; their weighted sum overflowed"
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
+    return f"{desc}: loss became {loss} at step {step}; {culprit} (all terms: {terms})"
 
 
 def train(
@@ -139,6 +280,8 @@ def train(
     desc: str = "train",
     task: Task = DEFAULT_TASK,
     criterion: Callable[[Any, torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
+    checkpoint_path: Path | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps.
 
@@ -146,48 +289,136 @@ def train(
     multi-level loss receives the model's raw input and the target instead of one prediction).
     ``kd`` adds its distillation terms; its adapters are prepared on the first batch and trained with
     the model, and are not part of it.
+
+    ``checkpoint_path``: a checkpoint is written there every ``spec.checkpoint_every`` steps and at the
+    end (with ``checkpoint_extra``, e.g. the MLflow run id); if one exists, training resumes from it
+    exactly (weights, optimiser, scheduler, RNG states, data stream position).  Under torchrun the
+    step is DistributedDataParallel over the ranks (each takes its slice of the global batch); only
+    rank 0 logs and writes checkpoints.  The model ends on the CPU in eval mode.
     """
+    dist_info = distributed.info()
+    device = resolve_device(spec.device)
+    if spec.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"{desc}: amp 'fp16' needs a CUDA device; use 'bf16' on the CPU")
+    per_rank = distributed.per_rank_batch(spec.batch_size, dist_info.world_size)
+    if dist_info.enabled and (len(dataset) % spec.batch_size) % dist_info.world_size:
+        raise ValueError(f"{desc}: an epoch of {len(dataset)} patches ends in a batch of "
+                         f"{len(dataset) % spec.batch_size} that does not split over {dist_info.world_size} "
+                         f"processes; make images x patches_per_image a multiple of batch_size")
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(model, dataset, spec, seed=seed, kd=kd, log=log, desc=desc, task=task,
+                      criterion=criterion, checkpoint_path=checkpoint_path, checkpoint_extra=checkpoint_extra,
+                      device=device, dist_info=dist_info, per_rank=per_rank)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+        model.to("cpu")
+        if spec.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        if kd:
+            kd.teacher.to("cpu")
+            kd.adapters.to("cpu")
+        model.eval()
+
+
+def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Distiller | None,
+           log: LogFn | None, desc: str, task: Task, criterion: Callable | None, checkpoint_path: Path | None,
+           checkpoint_extra: dict[str, Any] | None, device: torch.device, dist_info: distributed.DistInfo,
+           per_rank: int) -> TrainResult:
     torch.manual_seed(seed)
+    memory = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory)
     model.train()
     criterion = criterion or spec.criterion()
-    batches = training_batches(dataset, spec.batch_size, seed)
-    first = next(batches)
+    _move_criterion(criterion, device)
+    if kd:
+        kd.teacher.to(device)
+    pin = spec.pin_memory and device.type == "cuda"
+
+    def to_device(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, rgb = (t.to(device, non_blocking=pin) for t in batch)
+        if spec.channels_last:
+            raw, rgb = raw.contiguous(memory_format=memory), rgb.contiguous(memory_format=memory)
+        return raw, rgb
+
+    stream = dict(rank=dist_info.rank, world_size=dist_info.world_size, num_workers=spec.num_workers, pin_memory=pin)
+    first = to_device(next(training_batches(dataset, spec.batch_size, seed, **{**stream, "num_workers": 0})))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the model has no trainable parameters (all frozen, e.g. it served as a KD teacher)")
     if kd:
         kd.prepare(model, *task.inputs_targets(*first))
+        kd.adapters.to(device=device, memory_format=memory)
         params += kd.parameters()
     optimiser = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / max(spec.steps, 1)))
     )
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.amp == "fp16")
     result = TrainResult(steps=spec.steps, final_loss=float("nan"))
-    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
+    start = 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = load_checkpoint(checkpoint_path)
+        try:
+            model.load_state_dict(state["model"])
+            if kd and "adapters" in state:
+                kd.adapters.load_state_dict(state["adapters"])
+            optimiser.load_state_dict(state["optimiser"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{desc}: checkpoint {checkpoint_path} does not fit this model: {first_line}; "
+                                  f"delete it or run with --no-resume") from None
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng_states"])
+        start = min(int(state["step"]), spec.steps)
+        result.final_loss = float(state["extra"].get("final_loss", float("nan")))
+    use_probe = start == 0  # step 0 trains on the probe batch already in hand
+
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
+    compiled = torch.compile(model) if spec.compile else None
+    step_module: nn.Module = _TrainStep(model, kd, task, criterion, autocast, compiled)
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # PyNET's coarse levels leave the finer layers out of the graph
+        )
+    main = dist_info.is_main
+    batches = training_batches(dataset, spec.batch_size, seed, start_step=start + int(use_probe), **stream)
+    bar = tqdm(range(start, spec.steps), desc=desc, leave=False, dynamic_ncols=True, disable=not main)
+
+    def checkpoint(done: int) -> None:
+        save_checkpoint(checkpoint_path, model=model, optimiser=optimiser, scheduler=scheduler, step=done,
+                        rng_states=capture_rng_states(), adapters=kd.adapters if kd else None,
+                        scaler=scaler if scaler.is_enabled() else None,
+                        extra={**(checkpoint_extra or {}), "final_loss": result.final_loss, "desc": desc})
+
     for step in bar:
-        x, target = task.inputs_targets(*(first if step == 0 else next(batches)))
-        taps = kd.student_taps if kd and kd.student_taps else nullcontext()
-        with taps:
-            pred = task.train_forward(model, x)
-        loss, parts = criterion(pred, target)
-        if kd:
-            kd_loss, kd_parts = kd.loss(pred, x, target)
-            parts.update(kd_parts)
-            loss = loss + kd_loss
+        x, target = task.inputs_targets(*(first if use_probe and step == 0 else to_device(next(batches))))
+        loss, parts = step_module(x, target)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step} (terms: {parts})")
+            raise FloatingPointError(nonfinite_message(desc, float(loss.detach()), step, parts))
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
         scheduler.step()
         parts["loss"] = float(loss.detach())
         result.final_loss = parts["loss"]
         if step % spec.log_every == 0 or step == spec.steps - 1:
             result.history.append({"step": step, **parts})
-            if log:
+            if log and main:
                 log({f"train_{k}": v for k, v in parts.items()}, step)
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
-    model.eval()
+        done = step + 1
+        if checkpoint_path is not None and main and (done % spec.checkpoint_every == 0 or done == spec.steps):
+            checkpoint(done)
     return result
 
 
