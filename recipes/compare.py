@@ -1,0 +1,229 @@
+"""Compare runs from any MLflow tracking URI: a trade-off table with the Pareto-optimal rows marked,
+and Pareto plots (PSNR vs latency, PSNR vs size) as PNG and self-contained interactive HTML.
+
+Rows are the runs that hold the stages (a recipe run, or each point of a sweep): they carry the summary
+metrics of ``recipes.metric_keys``.  A row is Pareto-optimal when no other row is at least as good on
+every objective (higher PSNR, lower latency, smaller size) and better on one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from recipes.metric_keys import challenge_scores, headline_latency_key
+
+SUMMARY_KINDS = ("recipe", "point")
+TABLE_COLUMNS = ("psnr", "ssim", "size_kb", "macs", "latency_ms", "mai2021_score", "mai2022_score")
+
+
+class CompareError(ValueError):
+    """Nothing to compare (no such experiment, no matching runs): the message says what was asked."""
+
+
+@dataclass
+class Row:
+    run_id: str
+    name: str
+    experiment: str
+    metrics: dict[str, float]
+    pareto: bool = False
+
+    def get(self, key: str) -> float:
+        return self.metrics.get(key, math.nan)
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    latency_key: str | None
+    files: list[Path] = field(default_factory=list)
+
+
+def pareto_mask(points: Sequence[Sequence[float]], maximise: Sequence[bool]) -> list[bool]:
+    """True for each point no other point dominates.  ``maximise[i]`` says the direction of objective
+    ``i``; a point with a missing (NaN) objective is never optimal and dominates nothing."""
+    signed = [[v if up else -v for v, up in zip(p, maximise)] for p in points]
+    valid = [not any(math.isnan(v) for v in p) for p in signed]
+    mask = []
+    for i, p in enumerate(signed):
+        dominated = any(
+            valid[j] and j != i and all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p))
+            for j, q in enumerate(signed))
+        mask.append(valid[i] and not dominated)
+    return mask
+
+
+def _filter_string(recipe: str | None, tags: dict[str, str], parent: str | None) -> str:
+    def quote(value: str) -> str:
+        return "'" + value.replace("'", "\\'") + "'"
+
+    clauses = [f"tags.`{k}` = {quote(v)}" for k, v in tags.items()]
+    if recipe:
+        clauses.append(f"tags.recipe = {quote(recipe)}")
+    if parent:
+        clauses.append(f"tags.`mlflow.parentRunId` = {quote(parent)}")
+    return " and ".join(clauses)
+
+
+def fetch_rows(tracking_uri: str, experiments: Sequence[str] | None = None, recipe: str | None = None,
+               tags: dict[str, str] | None = None, parent: str | None = None) -> list[Row]:
+    """Recipe runs and sweep points (not stage runs) matching every filter, oldest first."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if experiments:
+        found = {name: client.get_experiment_by_name(name) for name in experiments}
+        missing = [name for name, exp in found.items() if exp is None]
+        if missing:
+            known = sorted(e.name for e in client.search_experiments())
+            raise CompareError(f"no experiment {', '.join(map(repr, missing))} at {tracking_uri} "
+                               f"(known: {', '.join(known) or 'none'})")
+        exps = list(found.values())
+    else:
+        exps = list(client.search_experiments())
+    if not exps:
+        raise CompareError(f"no experiments at {tracking_uri}")
+    names = {e.experiment_id: e.name for e in exps}
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_ids=list(names), filter_string=_filter_string(recipe, tags or {}, parent),
+                              output_format="list", order_by=["attributes.start_time ASC"])
+    rows = []
+    for run in runs:
+        kind = run.data.tags.get("run_kind")
+        is_summary = kind in SUMMARY_KINDS if kind else "stage" not in run.data.tags
+        if is_summary and "psnr" in run.data.metrics:
+            rows.append(Row(run.info.run_id, run.info.run_name or run.info.run_id[:8],
+                            names[run.info.experiment_id], dict(run.data.metrics)))
+    return rows
+
+
+def trade_off(rows: list[Row], latency_key: str | None = None) -> Comparison:
+    """Fill ``latency_ms`` (from ``latency_key``, default the headline latency the rows share), the
+    challenge scores, and the Pareto marks (max PSNR, min latency, min size)."""
+    if latency_key is None:
+        common = set.intersection(*(set(r.metrics) for r in rows)) if rows else set()
+        latency_key = headline_latency_key(common) or headline_latency_key({k for r in rows for k in r.metrics})
+    for row in rows:
+        if latency_key and latency_key in row.metrics:
+            row.metrics["latency_ms"] = row.metrics[latency_key]
+            row.metrics.update(challenge_scores(row.metrics["psnr"], row.metrics["latency_ms"]))
+    keys = [k for k in ("psnr", "latency_ms", "size_kb") if any(not math.isnan(r.get(k)) for r in rows)]
+    objectives = [tuple(r.get(k) for k in keys) for r in rows]  # an objective no run reports is left out
+    for row, optimal in zip(rows, pareto_mask(objectives, tuple(k == "psnr" for k in keys))):
+        row.pareto = optimal
+    return Comparison(rows, latency_key)
+
+
+def format_table(comparison: Comparison) -> str:
+    """A fixed-width table, one row per run, ``*`` on Pareto-optimal rows."""
+    latency = f"latency_ms ({comparison.latency_key})" if comparison.latency_key else "latency_ms"
+    heads = ["", "run", "psnr", "ssim", "size_kb", "macs", latency, "mai2021", "mai2022"]
+    body = []
+    for r in comparison.rows:
+        def num(key: str, fmt: str) -> str:
+            value = r.get(key)
+            return "-" if math.isnan(value) else format(value, fmt)
+
+        body.append(["*" if r.pareto else "", r.name, num("psnr", ".2f"), num("ssim", ".4f"), num("size_kb", ".1f"),
+                     num("macs", ",.0f"), num("latency_ms", ".2f"), num("mai2021_score", ".2f"),
+                     num("mai2022_score", ".3g")])
+    widths = [max(len(str(c)) for c in col) for col in zip(heads, *body)]
+    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))]
+    lines.append("-" * len(lines[0]))
+    for cells in body:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    lines.append("* Pareto-optimal: no other run has higher PSNR, lower latency and smaller size at once")
+    return "\n".join(lines)
+
+
+def _front(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The 2-D front (min x, max y) as a staircase, for drawing."""
+    mask = pareto_mask([(y, x) for x, y in zip(xs, ys)], (True, False))
+    pts = sorted((x, y) for x, y, m in zip(xs, ys, mask) if m)
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def write_plots(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """``pareto_psnr_latency`` and ``pareto_psnr_size`` as .png (matplotlib) and .html (plotly, with
+    plotly.js inlined so the file opens offline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    axes = [("latency_ms", f"latency ms ({comparison.latency_key or 'n/a'})", "pareto_psnr_latency"),
+            ("size_kb", "size KB", "pareto_psnr_size")]
+    for key, label, stem in axes:
+        rows = [r for r in comparison.rows if not math.isnan(r.get(key)) and not math.isnan(r.get("psnr"))]
+        xs, ys = [r.get(key) for r in rows], [r.get("psnr") for r in rows]
+        fx, fy = _front(xs, ys)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        ax.scatter(xs, ys, c=["tab:red" if r.pareto else "tab:gray" for r in rows], zorder=3)
+        ax.step(fx, fy, where="post", color="tab:red", alpha=0.5, label="front (this pair)")
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(r.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("PSNR dB")
+        ax.set_title(f"PSNR vs {key} (red: Pareto-optimal on PSNR, latency, size)", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        png = out_dir / f"{stem}.png"
+        fig.savefig(png)
+        plt.close(fig)
+
+        figure = go.Figure()
+        figure.add_trace(go.Scatter(x=fx, y=fy, mode="lines", line_shape="hv", name="front (this pair)",
+                                    line={"color": "crimson", "dash": "dot"}))
+        for optimal in (True, False):
+            sel = [r for r in rows if r.pareto == optimal]
+            figure.add_trace(go.Scatter(
+                x=[r.get(key) for r in sel], y=[r.get("psnr") for r in sel], mode="markers",
+                name="Pareto-optimal" if optimal else "dominated",
+                marker={"size": 11, "color": "crimson" if optimal else "gray"},
+                text=[r.name for r in sel], customdata=[[r.run_id, r.get("ssim"), r.get("macs")] for r in sel],
+                hovertemplate="%{text}<br>PSNR %{y:.2f} dB<br>" + key + " %{x:.2f}<br>SSIM %{customdata[1]:.4f}"
+                              "<br>MACs %{customdata[2]:,.0f}<br>run %{customdata[0]}<extra></extra>"))
+        figure.update_layout(title=f"PSNR vs {label}", xaxis_title=label, yaxis_title="PSNR dB",
+                             template="plotly_white")
+        html = out_dir / f"{stem}.html"
+        figure.write_html(html, include_plotlyjs=True, full_html=True)
+        files += [png, html]
+    table = out_dir / "trade_off.txt"
+    table.write_text(format_table(comparison) + "\n")
+    return [table, *files]
+
+
+def compare_runs(tracking_uri: str, experiments: Sequence[str] | None = None, recipe: str | None = None,
+                 tags: dict[str, str] | None = None, parent: str | None = None, out_dir: Path | None = None,
+                 latency_key: str | None = None, log_to_run: str | None = None) -> Comparison:
+    """Fetch, mark, and (with ``out_dir``) write the table and plots; ``log_to_run`` also logs them
+    as artifacts (``compare/``) on that run, e.g. the sweep's parent run."""
+    rows = fetch_rows(tracking_uri, experiments, recipe, tags, parent)
+    if not rows:
+        asked = ", ".join(f"{k}={v}" for k, v in {"experiments": experiments, "recipe": recipe, "tags": tags,
+                                                    "parent": parent}.items() if v)
+        raise CompareError(f"no finished recipe runs with metrics at {tracking_uri}"
+                           + (f" matching {asked}" if asked else ""))
+    comparison = trade_off(rows, latency_key)
+    if out_dir is not None:
+        comparison.files = write_plots(comparison, Path(out_dir))
+        if log_to_run:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri)
+            for path in comparison.files:
+                client.log_artifact(log_to_run, str(path), artifact_path="compare")
+    return comparison
+
+
+def as_records(comparison: Comparison) -> list[dict[str, Any]]:
+    """The table as plain dicts (for pandas or JSON)."""
+    return [{"run_id": r.run_id, "run": r.name, "experiment": r.experiment, "pareto": r.pareto,
+             **{k: r.get(k) for k in TABLE_COLUMNS}} for r in comparison.rows]

@@ -1,0 +1,63 @@
+"""The metric keys every run logs under the same name, so MLflow's compare view lines runs up.
+
+Units are in the key (``size_kb``, ``latency_ms_<format>_<threads>t``); the stage is a tag, never part
+of a key.  Every stage that holds a model logs ``STAGE_METRICS``; the run that holds the stages (a
+recipe run or a sweep point) gets ``summary_metrics``: the final model's figures, its latencies and the
+Mobile AI challenge scores, which is what ``ispdc compare`` tabulates.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from distill.challenge_scores import mai2021_score, mai2022_score
+
+STAGE_METRICS = ("psnr", "ssim", "params", "macs", "size_kb")
+"""Logged by every stage that holds a model (teacher, student, prune, fold, quantize, export, handoff)."""
+
+SCORE_METRICS = ("mai2021_score", "mai2022_score")
+"""Challenge scores on the summary run, from ``psnr`` and the headline latency."""
+
+LATENCY_PATTERN = re.compile(r"^latency_ms_(?P<fmt>[a-z0-9_]+)_(?P<threads>\d+)t$")
+HEADLINE_LATENCY_FORMATS = ("fhd", "tflite_int8", "tflite_fp32")
+"""Which latency the scores use, best first: a Full-HD timing if one is logged, else the shipped INT8;
+of several thread counts, the most threads."""
+
+
+def latency_key(fmt: str, threads: int) -> str:
+    """``latency_ms_<fmt>_<threads>t``: the one spelling of a latency metric."""
+    return f"latency_ms_{fmt}_{threads}t"
+
+
+def headline_latency_key(keys: Iterable[str]) -> str | None:
+    """The latency metric a trade-off is judged on, among ``keys`` (see ``HEADLINE_LATENCY_FORMATS``)."""
+    found = [k for k in keys if LATENCY_PATTERN.match(k)]
+    for fmt in HEADLINE_LATENCY_FORMATS:
+        matches = [k for k in found if fmt in LATENCY_PATTERN.match(k)["fmt"]]  # type: ignore[index]
+        if matches:  # the most threads measured: the recipe's latency_threads (1 thread is the extra figure)
+            return max(matches, key=lambda k: (int(LATENCY_PATTERN.match(k)["threads"]), k))  # type: ignore[index]
+    return None
+
+
+def challenge_scores(psnr: float, latency_ms: float) -> dict[str, float]:
+    """MAI 2021 / 2022 scores (our CPU latency stands in for the challenges' phone runtimes)."""
+    if latency_ms <= 0:
+        return {}
+    return {"mai2021_score": mai2021_score(psnr, latency_ms), "mai2022_score": mai2022_score(psnr, latency_ms)}
+
+
+def summary_metrics(outcomes: Iterable[Any]) -> dict[str, float]:
+    """The final model's ``STAGE_METRICS`` (from the last stage that reports them), every latency and
+    per-format size the stages logged, and the challenge scores when a latency is known."""
+    outcomes = list(outcomes)
+    summary: dict[str, float] = {}
+    for outcome in outcomes:
+        summary.update({k: float(v) for k, v in outcome.metrics.items()
+                        if LATENCY_PATTERN.match(k) or k.startswith("size_kb_")})
+    last = next((o for o in reversed(outcomes) if all(k in o.metrics for k in STAGE_METRICS)), None)
+    if last is not None:
+        summary.update({k: float(last.metrics[k]) for k in STAGE_METRICS})
+        headline = headline_latency_key(summary)
+        if headline is not None:
+            summary.update(challenge_scores(summary["psnr"], summary[headline]))
+    return summary

@@ -1,0 +1,116 @@
+"""A real MLflow tracking server (scripts/mlflow_server.sh) on a free loopback port: a tiny recipe runs
+against it through export and hand-off (registering the bundle), `ispdc compare` and the registry read it
+back, the MLflow UI shows it in headless Chromium, and the server stops by its PID."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recipes.cli import main
+from recipes.metric_keys import SCORE_METRICS, STAGE_METRICS
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
+TINY = [
+    "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+    "student.config.width=4", "student.train.steps=3", "student.train.batch_size=2",
+    "prune.finetune.steps=1", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
+    "data.max_side=96", "data.max_eval_images=1", "quantize.calibration_frames=2", "export.input_size=[16,16]",
+    "handoff.register.name=tiny-isp", "handoff.register.alias=candidate",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _script(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    started = _script("start", "--dir", str(folder), "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    pid = int((folder / "mlflow.pid").read_text())
+    info = {"url": f"http://127.0.0.1:{port}", "dir": folder, "pid": pid, "port": port}
+    yield info
+    if (folder / "mlflow.pid").exists():  # the stop test did not run (or failed)
+        _script("stop", "--dir", str(folder))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(server: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("run")
+    args = ["run", "quickstart", "--workdir", str(workdir), "--tracking-uri", server["url"]]
+    assert main(args + [a for s in TINY for a in ("--set", s)]) == 0
+    return {"workdir": workdir}
+
+
+def test_recipe_logs_to_the_server_and_compare_reads_it_back(server: dict, tiny_run: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert not (tiny_run["workdir"] / "mlflow.db").exists()  # everything went to the server
+    client = MlflowClient(server["url"])
+    mlflow.set_tracking_uri(server["url"])
+    runs = mlflow.search_runs(experiment_names=["quickstart"], output_format="list")
+    parent = next(r for r in runs if r.data.tags.get("run_kind") == "recipe")
+    headline = "latency_ms_tflite_int8_2t"
+    assert set(STAGE_METRICS) | set(SCORE_METRICS) | {headline} <= set(parent.data.metrics)
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 7
+    # artifacts went through the server (--serve-artifacts) into its artifact root
+    assert list(server["dir"].glob("artifacts/**/handoff/**/model_card.json"))
+
+    out = tmp_path / "compare"
+    assert main(["compare", "--tracking-uri", server["url"], "--experiment", "quickstart", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("*") and "quickstart" in line)
+    assert f"{parent.data.metrics['psnr']:.2f}" in row and headline in table
+    assert (out / "pareto_psnr_latency.png").is_file() and (out / "pareto_psnr_size.html").is_file()
+
+    # handoff.register registered the bundle through the server; rebuild it from the registry
+    version = client.get_model_version_by_alias("tiny-isp", "candidate")
+    assert version.tags["source_run"] == parent.info.run_id
+    dest = tmp_path / "bundle"
+    assert main(["handoff", "--from-registry", "tiny-isp@candidate", str(dest), "--tracking-uri", server["url"]]) == 0
+    shipped = tiny_run["workdir"] / "handoff" / "smallnet_int8"
+    for name in ("model.tflite", "model_card.json", "golden_output.npy"):
+        assert (dest / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+@pytest.mark.ui
+def test_mlflow_ui_shows_runs_and_metric_columns(server: dict, tiny_run: dict, tmp_path: Path) -> None:
+    from recipes.ui_screenshot import find_chromium, screenshot_experiment
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium (/usr/bin/chromium): `make test` installs the Debian package where apt-get works")
+    stages = ["teacher", "student", "prune", "fold", "quantize", "export", "handoff"]
+    shot = screenshot_experiment(server["url"], "quickstart", tmp_path / "mlflow_ui.png", expect=["quickstart"],
+                                 columns=("psnr", "size_kb", "latency_ms_tflite_int8_2t"))
+    for text in ["quickstart", *stages, "psnr", "size_kb", "latency_ms_tflite_int8_2t"]:
+        assert text in shot.text, text
+    png = shot.path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
+
+
+def test_server_stops_by_its_pid(server: dict) -> None:
+    stopped = _script("stop", "--dir", str(server["dir"]), timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped pid {server['pid']}" in stopped.stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(server["pid"], 0)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", server["port"])) != 0
+    assert not (server["dir"] / "mlflow.pid").exists()
