@@ -6,6 +6,7 @@ bundle is assembled in a temporary folder and renamed into place, so a failure n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -23,6 +24,47 @@ def golden_tolerance(output: dict[str, Any]) -> float:
     """What a faithful runtime may differ by: two quantization steps of an integer output, else 1e-4."""
     scale = output.get("scale") or 0.0
     return float(max(2.0 * scale, 1e-4))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file: the card's ``model_sha256`` lets anyone check the model is the one scored."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _quality_lines(q: dict[str, dict[str, Any]]) -> list[str]:
+    """The per-variant table; cards without the drop/size/latency columns (older bundles) still render."""
+    full = all({"psnr_drop_db", "size_kb", "latency_ms"} <= set(m) for m in q.values())
+    if not full:
+        lines = ["| model | PSNR dB | SSIM | parity vs PyTorch dB |", "|---|---|---|---|"]
+        return lines + [f"| {v} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} |" for v, m in q.items()]
+    lines = ["| model | PSNR dB | SSIM | parity vs PyTorch dB | drop vs fp32 dB | size KB | latency ms |",
+             "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {v} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | {m['psnr_drop_db']:.3f} "
+                    f"| {m['size_kb']:.1f} | {m['latency_ms']:.2f} |" for v, m in q.items()]
+
+
+def _feeding_lines(card: dict[str, Any]) -> list[str]:
+    """Input size rules, precision per layer and calibration, when the card has them."""
+    lines: list[str] = []
+    size = card.get("input_size")
+    if size:
+        lines += ["## Input size", f"- {size['rule']}",
+                  f"- larger images: {size['tiling']} (tile {size['tile_packed_hw']}, overlap {size['overlap']}, "
+                  f"blend {size['blend']} packed pixels)", ""]
+    precision = card.get("precision")
+    if precision:
+        lines += ["## Precision", f"- {precision['description']}", f"- per layer: {precision['summary']}"]
+        lines += [f"  - float: `{name}`" for name in precision.get("float_layers", [])]
+        lines.append("")
+    calibration = card.get("calibration")
+    if calibration:
+        lines += ["## Calibration", f"- {calibration['frames']} frames, selection {calibration['selection']}: "
+                  f"{calibration['source']}", ""]
+    return lines
 
 
 def render_readme(card: dict[str, Any]) -> str:
@@ -50,21 +92,22 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- tensor `{out['name']}`: shape {out['shape']} (NHWC, sRGB), dtype {out['dtype']}, {quant(out)}",
         f"- range {out['range']} (multiply by 255 for 8-bit)",
         "",
+        *_feeding_lines(card),
         "## Quality and cost",
-        f"Evaluated on {card['evaluation']}.",
+        f"Evaluated on {card['evaluation']}; the shipped model is "
+        f"`tflite_{card.get('variant', 'int8')}`, the others were built and gated alongside.",
         "",
-        "| model | PSNR dB | SSIM | parity vs PyTorch dB |",
-        "|---|---|---|---|",
+        *_quality_lines(q),
     ]
-    for variant, m in q.items():
-        lines.append(f"| {variant} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} |")
     cost = card["cost"]
+    by_threads = cost.get("latency_ms_by_threads") or {str(cost["latency_threads"]): cost["latency_ms"]}
     lines += [
         "",
         f"- file size {cost['size_kb']:.1f} KB, {cost['params']:,} parameters, {cost['macs'] / 1e6:.1f} M MACs "
         f"per inference at this input size",
-        f"- latency on the build machine ({cost['latency_threads']} threads, XNNPACK): "
-        f"{cost['latency_ms']:.2f} ms median (indicative only: measure on the target device)",
+        "- latency on the build machine (XNNPACK, median; indicative only: measure on the target device): "
+        + ", ".join(f"{ms:.2f} ms with {n} thread(s)" for n, ms in by_threads.items()),
+        f"- model.tflite SHA-256: `{card.get('model_sha256', 'not recorded')}`",
         "",
         "## Provenance",
         *[f"- {k}: {v}" for k, v in card["provenance"].items()],
@@ -76,12 +119,16 @@ def render_readme(card: dict[str, Any]) -> str:
 def write_bundle(
     dest: Path, tflite_path: Path, card: dict[str, Any], golden_input: np.ndarray, golden_output: np.ndarray
 ) -> Path:
-    """Write the bundle to ``dest`` atomically (replacing an older bundle of the same name)."""
+    """Write the bundle to ``dest`` atomically (replacing an older bundle of the same name).
+
+    The card gets ``model_sha256``, the hash of the copied ``model.tflite`` (``ispdc verify`` checks it).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         shutil.copyfile(tflite_path, staging / "model.tflite")
+        card = {**card, "model_sha256": file_sha256(staging / "model.tflite")}
         np.save(staging / "golden_input.npy", golden_input.astype(np.float32))
         np.save(staging / "golden_output.npy", golden_output.astype(np.float32))
         shutil.copyfile(RUNNER_SOURCE, staging / "run_model.py")

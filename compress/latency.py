@@ -76,3 +76,24 @@ def onnx_latency_ms(path: Path, num_threads: int = 2, warmup: int = 2, runs: int
             raise ValueError(f"{path} input {inp.name} has unsupported type {inp.type}")
         feeds[inp.name] = _random_input(tuple(shape), np.dtype(ORT_DTYPES[inp.type]), rng)
     return _summary(lambda: session.run(None, feeds), warmup, runs, num_threads)
+
+
+def torch_latency_ms(model: Any, input_shape: tuple[int, ...], num_threads: int = 2, warmup: int = 2,
+                     runs: int = 10) -> dict[str, float]:
+    """Same figures for PyTorch eager on CPU (``no_grad``, eval mode) with ``num_threads`` threads.
+
+    ``torch.set_num_threads`` is process-wide, so the previous setting is restored afterwards.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    was_training = model.training
+    model.eval()
+    x = torch.from_numpy(_random_input(tuple(input_shape), np.dtype(np.float32), np.random.default_rng(0)))
+    try:
+        with torch.no_grad():
+            return _summary(lambda: model(x), warmup, runs, num_threads)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(previous)

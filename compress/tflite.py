@@ -15,14 +15,16 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 # mode -> needs calibration frames.  fp32 is always written; the others on request.
-QUANT_MODES: dict[str, bool] = {"int8": True, "int16x8": True, "float16": False}
+# dynamic: dynamic-range quantization (int8 weights, float activations quantized on the fly per op).
+QUANT_MODES: dict[str, bool] = {"int8": True, "int16x8": True, "float16": False, "dynamic": False}
 LOG_TAIL_CHARS = 4000
 
 
@@ -40,6 +42,7 @@ def convert_onnx_to_tflite(
     calibration_nchw: np.ndarray | None,
     int8_io: bool = True,
     modes: Sequence[str] | None = None,
+    extra: ExtraBuild | None = None,
 ) -> dict[str, Path]:
     """Convert ``onnx_path`` to ``{stem}_fp32.tflite`` and quantized variants in ``out_dir``.
 
@@ -48,7 +51,12 @@ def convert_onnx_to_tflite(
     the model input (NCHW, same scaling as at inference); they are transposed to NHWC and are the
     only data the calibrated modes see.  ``int8_io`` gives the ``int8`` model int8 input/output so an
     app feeds the quantized tensor directly; otherwise it keeps float I/O with quantize/dequantize
-    ops inside.  ``int16x8`` and ``float16`` always have float I/O.
+    ops inside.  ``int16x8``, ``float16`` and ``dynamic`` always have float I/O.
+
+    ``extra(factory, built, work)`` runs after the modes, inside the same onnx2tf run: it gets the
+    ``ConverterFactory``, the files built so far and the work folder, and returns more ``{key: path}``
+    files (written in ``work``) that are moved into ``out_dir`` with the others; selective precision
+    (``compress.selective``) uses it to reuse the Keras graph instead of converting the ONNX file again.
 
     Returns ``{"fp32": path, mode: path, ...}``.  Everything is built in a temporary folder and moved
     into ``out_dir`` only when every requested file converted, so a failure leaves no ``.tflite``.
@@ -63,7 +71,8 @@ def convert_onnx_to_tflite(
         raise ValueError(f"TFLite mode(s) {needs_frames} need calibration frames; got calibration_nchw=None")
 
     onnx_inputs = _onnx_input_shapes(onnx_path)
-    frames = _check_calibration(calibration_nchw, onnx_inputs, onnx_path) if needs_frames else None
+    wants_frames = needs_frames or (extra is not None and calibration_nchw is not None)
+    frames = _check_calibration(calibration_nchw, onnx_inputs, onnx_path) if wants_frames else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tflite-build-", dir=out_dir))
@@ -71,7 +80,7 @@ def convert_onnx_to_tflite(
         failure: BaseException | None = None
         with _captured_output(work / "convert.log") as log_path:
             try:
-                built = _build_all(onnx_path, work, frames, int8_io, modes)
+                built = _build_all(onnx_path, work, frames, int8_io, modes, extra)
             except ImportError:
                 raise
             except (Exception, SystemExit) as exc:  # onnx2tf reports many errors with sys.exit(1)
@@ -164,9 +173,47 @@ def _flush_c_stdio() -> None:
         pass
 
 
+@dataclass
+class ConverterFactory:
+    """Fresh, configured ``TFLiteConverter``s from one onnx2tf run (a converter converts once).
+
+    ``frames`` are the NHWC calibration frames (None when no calibrated mode was asked for) and
+    ``int_io`` the ``int8`` mode's I/O choice; ``finish`` gives a converted flatbuffer the ONNX I/O names.
+    """
+
+    tf: Any
+    concrete: Any
+    keras_model: Any
+    input_names: list[str]
+    output_names: list[str]
+    frames: np.ndarray | None
+    int_io: bool
+
+    @property
+    def batch(self) -> int:
+        return int(self.keras_model.inputs[0].shape[0] or 1)
+
+    def converter(self, mode: str) -> Any:
+        converter = self.tf.lite.TFLiteConverter.from_concrete_functions([self.concrete], self.keras_model)
+        _configure(self.tf, converter, mode, self.frames, self.int_io, batch=self.batch)
+        return converter
+
+    def representative(self) -> Callable[[], Iterator[list[np.ndarray]]]:
+        """The calibration frames as a representative dataset (batches of the model's batch size)."""
+        if self.frames is None:
+            raise ValueError("no calibration frames were given to the conversion")
+        return _representative(self.frames, self.batch)
+
+    def finish(self, flatbuffer: bytes) -> bytes:
+        return _rename_io(flatbuffer, self.input_names, self.output_names)
+
+
+ExtraBuild = Callable[[ConverterFactory, dict[str, Path], Path], dict[str, Path]]
+
+
 def _build_all(onnx_path: Path, work: Path, frames: np.ndarray | None, int_io: bool,
-               modes: Sequence[str]) -> dict[str, Path]:
-    """Keras graph via onnx2tf once, then one TFLite file per mode in ``work``."""
+               modes: Sequence[str], extra: ExtraBuild | None = None) -> dict[str, Path]:
+    """Keras graph via onnx2tf once, then one TFLite file per mode (and any ``extra`` ones) in ``work``."""
     import tensorflow as tf
 
     keras_model, input_names, output_names = _onnx_to_keras(onnx_path, work)
@@ -178,13 +225,18 @@ def _build_all(onnx_path: Path, work: Path, frames: np.ndarray | None, int_io: b
         return dict(zip(output_names, ys))
 
     concrete = tf.function(serve, input_signature=spec).get_concrete_function()
+    factory = ConverterFactory(tf, concrete, keras_model, input_names, output_names, frames, int_io)
     built: dict[str, Path] = {}
     for key in ("fp32", *modes):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras_model)
-        _configure(tf, converter, key, frames, int_io, batch=keras_model.inputs[0].shape[0] or 1)
-        flatbuffer = _rename_io(converter.convert(), input_names, output_names)
+        flatbuffer = factory.finish(factory.converter(key).convert())
         built[key] = work / f"{key}.tflite"
         built[key].write_bytes(flatbuffer)
+    if extra is not None:
+        added = extra(factory, dict(built), work)
+        clash = sorted(set(added) & set(built))
+        if clash:
+            raise ValueError(f"extra TFLite builds reuse the keys {clash}")
+        built.update(added)
     return built
 
 
@@ -253,6 +305,10 @@ def _configure(tf: Any, converter: Any, mode: str, frames: np.ndarray | None, in
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "dynamic":  # no representative dataset: int8 weights, activations stay float
+        # (TFLite leaves weight tensors under 1024 elements in float: a tiny model barely changes)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

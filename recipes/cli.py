@@ -31,8 +31,18 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: runs/<recipe name>)")
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workdir)")
     run.add_argument("--no-cache", action="store_true", help="re-run every stage even if its cache is valid")
+    run.add_argument("--no-resume", action="store_true", help="start afresh even if the last run in this "
+                     "workdir was interrupted (default: resume it into the same MLflow runs)")
+    run.add_argument("--nproc", type=int, default=1, metavar="N", help="train on N processes: relaunches "
+                     "itself under torchrun (DDP; gloo on CPU, nccl on CUDA); batch_size is the global batch")
 
+    from recipes.cli_tracking import add_commands
+
+    add_commands(sub)  # compare, register, alias, handoff --from-registry
     sub.add_parser("list", help="built-in recipes, teachers and students")
+    from recipes.process import add_subcommands as add_bundle_commands
+
+    add_bundle_commands(sub)  # process (camera file through a bundle), verify (bundle check)
     return parser
 
 
@@ -74,6 +84,22 @@ def main(argv: list[str] | None = None) -> int:
         print("students:", ", ".join(list_students()))
         return 0
 
+    if args.command in ("process", "verify"):
+        from compress.bundle_check import BundleError
+        from distill.data.errors import DataError
+        from recipes.process import process_command, verify_command
+
+        try:
+            return process_command(args) if args.command == "process" else verify_command(args)
+        except (DataError, BundleError, ValueError) as exc:
+            return _fail(str(exc), EXIT_BAD_INPUT)
+
+    if args.command in ("compare", "register", "alias", "handoff"):
+        from recipes.cli_tracking import run_command
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        return run_command(args)
+
     try:
         recipe, path = load_recipe(args.recipe, args.overrides)
     except RecipeError as exc:
@@ -92,8 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         DataError = ValueError  # type: ignore[misc,assignment]
 
+    from distill import distributed
+
+    if args.nproc < 1:
+        return _fail(f"--nproc must be at least 1; got {args.nproc}", EXIT_BAD_INPUT)
+    if (args.nproc > 1 or distributed.launched_by_torchrun()) and recipe.sweep:
+        return _fail("--nproc / torchrun runs one recipe; run a sweep's points without it", EXIT_BAD_INPUT)
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch_torchrun(argv if argv is not None else sys.argv[1:], args.nproc)
+    dist_info = distributed.init_from_env("cuda" if torch_cuda_wanted(recipe) else "cpu")
     workdir = args.workdir or Path("runs") / recipe.name
-    print(f"running {recipe.name} from {path} in {workdir}", flush=True)
+    if dist_info.is_main:
+        print(f"running {recipe.name} from {path} in {workdir}"
+              + (f" on {dist_info.world_size} processes" if dist_info.enabled else ""), flush=True)
 
     def progress(outcome) -> None:
         note = " (cached)" if outcome.cached else ""
@@ -102,13 +139,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {outcome.name:<9} done in {outcome.seconds:6.1f} s{shown}{note}", flush=True)
 
     try:
+        if recipe.sweep:
+            from recipes.cli_tracking import run_sweep_command
+
+            return run_sweep_command(args, recipe, path, workdir, progress)
         parent_id, outcomes = run_recipe(recipe, path, workdir, args.tracking_uri, use_cache=not args.no_cache,
-                                         on_stage=progress)
+                                         on_stage=progress, resume=not args.no_resume)
     except DataError as exc:
         return _fail(f"{path}: data: {exc}", EXIT_BAD_INPUT)
     except StageError as exc:
         return _fail(str(exc), EXIT_STAGE_FAILED)
+    except Exception as exc:  # a full disk, a dead tracking server, NaN loss, ...: one line (recipes/faults.py)
+        from recipes.faults import bad_input_message
 
+        message = bad_input_message(exc, path)
+        if message is None:
+            raise
+        return _fail(message, EXIT_BAD_INPUT)
+
+    if not dist_info.is_main:
+        return 0  # rank 0 reports for all
     from recipes.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(workdir)
@@ -121,6 +171,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow store    : {uri} (parent run {parent_id})")
     print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
     return 0
+
+
+def torch_cuda_wanted(recipe) -> bool:  # noqa: ANN001  (recipes.schema.Recipe)
+    """Whether the student trains on CUDA (auto with a GPU, or cuda): the DDP backend follows it."""
+    import torch
+
+    return recipe.student.train.device != "cpu" and torch.cuda.is_available()
+
+
+def _launch_torchrun(argv: list[str], nproc: int) -> int:
+    """Re-run this very command under torchrun with ``nproc`` processes (minus ``--nproc``)."""
+    import subprocess
+
+    from distill.distributed import torchrun_command
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    return subprocess.run(torchrun_command(nproc, rest), check=False).returncode
 
 
 if __name__ == "__main__":

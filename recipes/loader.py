@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from recipes.paths import RecipePathError, check_confined, resolve_paths
 from recipes.schema import Recipe
 
 
@@ -75,16 +76,22 @@ def _apply_override(data: dict[str, Any], assignment: str, path: Path) -> None:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: --set {key}: value {raw_value!r} is not valid YAML") from exc
+    set_dotted(data, key.strip(), value, f"{path}: --set {key.strip()}")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Assign ``value`` at dotted ``key`` (creating sections); ``where`` prefixes the error when a part of
+    the path is a value rather than a section (shared by ``--set`` and sweeps)."""
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise RecipeError(f"{path}: --set {key}: {part!r} is a value, not a section")
+            raise RecipeError(f"{where}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = value
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _suggest(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
@@ -118,7 +125,10 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
 
 
 def load_recipe_data(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The merged raw mapping; relative paths are resolved against the file that wrote them (the recipe,
+    or its ``extends:`` parent), and those given with ``--set`` against the working directory."""
     data = _read_yaml(path)
+    resolve_paths(data, Recipe, path.resolve().parent)
     parent_ref = data.pop("extends", None)
     if parent_ref is not None:
         parent_path = (path.parent / str(parent_ref)) if not Path(str(parent_ref)).is_absolute() else Path(parent_ref)
@@ -127,9 +137,11 @@ def load_recipe_data(path: Path, overrides: list[str] | None = None) -> dict[str
         parent = _read_yaml(parent_path)
         if "extends" in parent:
             raise RecipeError(f"{path}: extends: {parent_ref} extends another recipe; only one level is allowed")
+        resolve_paths(parent, Recipe, parent_path.resolve().parent)
         data = _deep_merge(parent, data)
     for assignment in overrides or []:
         _apply_override(data, assignment, path)
+    resolve_paths(data, Recipe, Path.cwd())  # only --set values can still be relative
     return data
 
 
@@ -137,9 +149,18 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     path = resolve_recipe_path(name_or_path)
     data = load_recipe_data(path, overrides)
     try:
-        return Recipe.model_validate(data), path
+        check_confined(data, Recipe)
+    except RecipePathError as exc:
+        raise RecipeError(f"{path}: {exc.key_path}: {exc}") from None
+    try:
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(format_validation_error(path, exc)) from exc
+    if recipe.sweep:  # every point must validate before anything runs
+        from recipes.sweep import expand_sweep
+
+        expand_sweep(recipe, path)
+    return recipe, path
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -45,6 +45,8 @@ class RunContext:
     tracker: Tracker
     outcomes: dict[str, StageOutcome] = field(default_factory=dict)
     _data: Any = None
+    run_state: Any = None  # recipes.run_state.RunState: what a killed run leaves to resume from
+    checkpoint_dir: Path | None = None  # a DDP follower reads rank 0's stage checkpoints from here
 
     @property
     def data(self):  # noqa: ANN201  (distill.data types; loaded once, lazily)
@@ -101,6 +103,10 @@ def stage_key(name: str, config: Any, recipe: Recipe, upstream: str) -> str:
         payload["quantize"] = recipe.quantize.model_dump(mode="json")
     if name == "handoff":
         payload["recipe"] = recipe_hash(recipe)
+    if name == "teacher" and getattr(config, "checkpoint", None) is not None:  # a replaced file: a new teacher
+        from recipes.teacher_checkpoint import checkpoint_digest
+
+        payload["checkpoint"] = checkpoint_digest(config.checkpoint)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -120,48 +126,126 @@ def run_recipe(
     tracking_uri: str | None = None,
     use_cache: bool = True,
     on_stage: Callable[[StageOutcome], None] | None = None,
+    resume: bool = True,
 ) -> tuple[str, list[StageOutcome]]:
-    """Run every stage; returns the parent MLflow run id and the outcomes in order."""
-    from recipes.stages import STAGES
+    """Run every stage; returns the parent MLflow run id and the outcomes in order.
+
+    ``resume``: if a previous run of this recipe in ``workdir`` was interrupted (``run_state.json``), finish
+    it into the same MLflow runs: finished stages are skipped, the interrupted one resumes from its
+    checkpoint.  Under torchrun, ranks other than 0 follow (``recipes.ddp``) and return ("", outcomes).
+    """
+    from distill import distributed
+    from recipes.ddp import NullTracker, follow_recipe
+    from recipes.run_state import RunState, run_exists
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking_uri or default_tracking_uri(workdir), experiment=recipe.name)
-    ctx = RunContext(recipe=recipe, recipe_path=Path(recipe_path), workdir=workdir, tracker=tracker)
-    tags = {"recipe": recipe.name, "recipe_hash": recipe_hash(recipe), "git_sha": git_sha()}
-    outcomes: list[StageOutcome] = []
-    with tracker.parent(run_name=recipe.name, params=flatten(recipe), tags=tags) as parent_id:
+    uri = tracking_uri or default_tracking_uri(workdir)
+    main = distributed.is_main()
+    state = RunState.open(workdir, recipe_hash(recipe), uri, resume=resume, writable=main)
+    if state.resumed and not run_exists(uri, state.parent_run_id):
+        state = RunState.open(workdir, recipe_hash(recipe), uri, resume=False, writable=main)
+    distributed.barrier()  # every rank read the old state before rank 0 rewrites it
+    if not main:
+        ctx = RunContext(recipe=recipe, recipe_path=Path(recipe_path), workdir=workdir, tracker=NullTracker(),
+                         run_state=state)
+        return "", follow_recipe(ctx, use_cache, state)
+    tracker = Tracker(uri, experiment=recipe.name)
+    ctx = RunContext(recipe=recipe, recipe_path=Path(recipe_path), workdir=workdir, tracker=tracker,
+                     run_state=state)
+    tags = {"recipe": recipe.name, "recipe_hash": recipe_hash(recipe), "git_sha": git_sha(), "run_kind": "recipe"}
+    with tracker.parent(run_name=recipe.name, params=flatten(recipe), tags=tags,
+                        run_id=state.parent_run_id if state.resumed else None) as parent_id:
+        state.start_parent(parent_id)
         tracker.log_artifact(recipe_path, artifact_path="recipe")
-        upstream = ""
-        for name, config in stage_plan(recipe):
-            key = stage_key(name, config, recipe, upstream)
-            outcome = _run_stage(ctx, name, key, STAGES[name], use_cache)
-            ctx.outcomes[name] = outcome
-            outcomes.append(outcome)
-            upstream = key
-            if on_stage:
-                on_stage(outcome)
-        tracker.log_metrics({f"{o.name}_seconds": o.seconds for o in outcomes})
+        outcomes = run_stages(ctx, use_cache, on_stage)
+    state.clear()
     return parent_id, outcomes
 
 
+def run_stages(ctx: RunContext, use_cache: bool = True,
+               on_stage: Callable[[StageOutcome], None] | None = None) -> list[StageOutcome]:
+    """The stages of ``ctx.recipe`` as nested runs of the active run, which then gets the summary
+    metrics (``recipes.metric_keys``) and, if the recipe asks, the bundle registered as a model version."""
+    from recipes.metric_keys import summary_metrics
+    from recipes.stages import STAGES
+
+    outcomes: list[StageOutcome] = []
+    upstream = ""
+    for name, config in stage_plan(ctx.recipe):
+        key = stage_key(name, config, ctx.recipe, upstream)
+        outcome = _run_stage(ctx, name, key, STAGES[name], use_cache)
+        ctx.outcomes[name] = outcome
+        outcomes.append(outcome)
+        upstream = key
+        if on_stage:
+            on_stage(outcome)
+    ctx.tracker.log_metrics({f"{o.name}_seconds": o.seconds for o in outcomes})
+    ctx.tracker.log_metrics(summary_metrics(outcomes))
+    register = ctx.recipe.handoff.register
+    bundle = next((o.outputs["bundle"] for o in outcomes if o.name == "handoff"), None)
+    if register is not None and bundle is not None:
+        from recipes.registry import register_bundle
+
+        register_bundle(Path(bundle), register.name, alias=register.alias, tracking_uri=ctx.tracker.tracking_uri)
+    return outcomes
+
+
+def _seed_stage(seed: int, name: str) -> None:
+    """Seed torch, numpy and random per stage, so a stage's model initialisation does not depend on what
+    ran before it in this process (a resumed run skips the finished stages)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
 def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: bool) -> StageOutcome:
+    from recipes.ddp import stage_barriers, stage_scope
+    from recipes.run_state import clear_checkpoints
+
     folder = ctx.workdir / "stages" / f"{name}-{key}"
     done = folder / DONE_FILE
+    state = ctx.run_state
+    finished = state.finished(name, key, done) if state is not None else None
+    if finished is not None:  # done before the interruption: keep its run, log nothing again
+        with stage_barriers():
+            record = json.loads(done.read_text())
+        return StageOutcome(name, record["metrics"], record["outputs"], float(finished.get("seconds", 0.0)),
+                            True, finished["run_id"], key)
     cached = use_cache and done.is_file() and name != "handoff"
-    with ctx.tracker.stage(name, tags={"cache_key": key, "cached": str(cached).lower()}) as run_id:
+    resume_id = state.interrupted_run(name, key) if state is not None and not cached else None
+    if not cached and resume_id is None:
+        clear_checkpoints(folder)  # a fresh start never resumes a stale checkpoint
+    with stage_barriers(), ctx.tracker.stage(name, tags={"cache_key": key, "cached": str(cached).lower()},
+                                             run_id=resume_id) as run_id:
+        if state is not None:
+            state.start_stage(name, key, run_id)
         start = time.perf_counter()
         if cached:
             record = json.loads(done.read_text())
             metrics, outputs = record["metrics"], record["outputs"]
-            ctx.tracker.set_tags({"cached_from_run": record.get("run_id", "")})
+            source = record.get("run_id", "")
+            # a link, not a copy: the run that produced these outputs holds the artifacts
+            ctx.tracker.set_tags({"cached_from_run": source, "mlflow.note.content":
+                                  f"Cached: outputs and artifacts are those of run [{source}]"
+                                  f"(#/experiments/{ctx.tracker.experiment_id}/runs/{source})."})
             ctx.tracker.log_metrics(metrics)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            metrics, outputs = fn(ctx, folder)
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"metrics": metrics, "outputs": outputs, "run_id": run_id}, indent=2))
-            tmp.replace(done)
+            with stage_scope(name):
+                _seed_stage(ctx.recipe.seed, name)
+                metrics, outputs = fn(ctx, folder)
+            from compress.atomic import atomic_write_text  # a full disk: OSError naming done.json, no torn file
+
+            atomic_write_text(done, json.dumps({"metrics": metrics, "outputs": outputs, "run_id": run_id}, indent=2))
         seconds = time.perf_counter() - start
         ctx.tracker.log_metrics({"stage_seconds": seconds})
+    if state is not None:
+        state.finish_stage(name, seconds)
     return StageOutcome(name, metrics, outputs, seconds, cached, run_id, key)

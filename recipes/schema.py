@@ -6,10 +6,11 @@ registered models and losses.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from compress.prune import PruneTarget
 from distill.data.bayer import PATTERNS
@@ -37,7 +38,7 @@ class DataSpec(Strict):
     """Where RAW/RGB pairs come from and how training patches are cut (sizes in packed-RAW pixels)."""
 
     kind: Literal["embedded", "zurich", "mai21", "paired"] = "embedded"
-    root: Path | None = Field(None, description="dataset folder (relative to the working directory)")
+    root: Path | None = Field(None, description="dataset folder (a relative path is relative to the recipe file)")
     train_split: str | None = None
     eval_split: str | None = None
     pattern: str = "RGGB"
@@ -112,6 +113,22 @@ class TeacherStage(ModelBlock):
     multilevel_loss: dict[str, float] | None = Field(
         None, description="AA-UNet multi-level loss terms l<level>_<mse|ssim>: weight; replaces train.losses")
     clean_image: bool = Field(False, description="learn g(J) -> J on the target RGB (LW-ISP clean-image teacher)")
+    checkpoint: Path | None = Field(
+        None, description="pre-trained weights instead of training: a saved model/ folder or a state_dict .pt "
+                          "(relative to the recipe file); checked against model and config")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_fits(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and "model" in info.data and "config" in info.data:
+            from compress.checkpoint import CheckpointError
+            from recipes.teacher_checkpoint import check_teacher_checkpoint
+
+            try:
+                check_teacher_checkpoint(value, info.data["model"], info.data["config"])
+            except CheckpointError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("levels")
     @classmethod
@@ -235,10 +252,61 @@ class FoldStage(Strict):
     before_prune: bool = Field(False, description="fold first, then prune the folded model")
 
 
+TFLiteVariant = Literal["int8", "int16x8", "float16", "dynamic", "fp32"]
+# Default budgets per variant (docs/quantization.md): PSNR drop vs the fp32 TFLite model on the
+# held-out crops, and parity (PSNR) vs the PyTorch model.  fp32's parity gate is export.parity_min_db.
+DEFAULT_MAX_DROP_DB: dict[str, float] = {"int8": 1.0, "int16x8": 0.1, "float16": 0.05, "dynamic": 0.5, "fp32": 0.0}
+DEFAULT_MIN_PARITY_DB: dict[str, float] = {"int8": 30.0, "int16x8": 45.0, "float16": 50.0, "dynamic": 30.0}
+
+
+class QuantGateSpec(Strict):
+    """Per-variant budgets; a variant over either fails the export stage and no bundle is written.
+
+    Give only the variants to change: ``{max_drop_db: {int8: 0.1}}`` keeps the other defaults.
+    """
+
+    max_drop_db: dict[TFLiteVariant, float] = Field(
+        default_factory=dict, description="PSNR drop vs the fp32 TFLite model, dB (defaults: DEFAULT_MAX_DROP_DB)")
+    min_parity_db: dict[TFLiteVariant, float] = Field(
+        default_factory=dict, description="PSNR vs the PyTorch model, dB (defaults: DEFAULT_MIN_PARITY_DB; "
+                                          "fp32 uses export.parity_min_db)")
+
+    def drop_budget(self, variant: str) -> float:
+        return self.max_drop_db.get(variant, DEFAULT_MAX_DROP_DB[variant])  # type: ignore[call-overload]
+
+    def parity_budget(self, variant: str, fp32_min_db: float) -> float:
+        default = DEFAULT_MIN_PARITY_DB.get(variant, fp32_min_db)
+        return self.min_parity_db.get(variant, default)  # type: ignore[call-overload]
+
+
+class SelectiveSpec(Strict):
+    """Keep the most error-prone INT8 layers in float until the INT8 drop is within ``max_drop_db``."""
+
+    max_drop_db: float = Field(ge=0, description="PSNR drop vs the fp32 TFLite model the INT8 model must reach")
+    max_float_layers: int = Field(8, ge=1, description="give up (the stage fails) after this many float layers")
+
+
 class QuantizeStage(Strict):
-    mode: Literal["int8"] = "int8"
+    mode: TFLiteVariant = Field("int8", description="the TFLite variant shipped in the hand-off bundle")
+    variants: list[TFLiteVariant] = Field(default_factory=list,
+                                          description="more variants built, gated and logged (not shipped)")
     int8_io: bool = Field(True, description="int8 model input/output (else float I/O around an int8 body)")
     calibration_frames: int = Field(32, ge=1, description="RAW crops from the training data")
+    calibration_selection: Literal["random", "spread"] = Field(
+        "random", description="random crops, or crops from every image spread over its brightness range")
+    selective: SelectiveSpec | None = Field(None, description="selective precision for the int8 variant")
+    gate: QuantGateSpec = Field(default_factory=QuantGateSpec)
+
+    @model_validator(mode="after")
+    def _selective_needs_int8(self) -> "QuantizeStage":
+        if self.selective is not None and "int8" not in self.built_variants():
+            raise KeyPathError("selective", "selective precision works on the int8 variant: set "
+                               "mode: int8 or add int8 to variants")
+        return self
+
+    def built_variants(self) -> list[str]:
+        """fp32 first (always built: the reference), then the shipped mode, then the extra variants."""
+        return list(dict.fromkeys(["fp32", self.mode, *self.variants]))
 
 
 class ExportStage(Strict):
@@ -254,8 +322,20 @@ class ExportStage(Strict):
         return value
 
 
-class HandoffStage(Strict):
-    name: str | None = Field(None, description="bundle folder name; defaults to the recipe name")
+class RegisterSpec(Strict):
+    """Register the finished bundle as an MLflow model version (needs a database store or a server)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="registered model name")
+    alias: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+                              description="alias to point at the new version, e.g. candidate")
+
+
+with warnings.catch_warnings():  # the recipe key is ``register``; pydantic warns it hides ABCMeta.register
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class HandoffStage(Strict):
+        name: str | None = Field(None, description="bundle folder name; defaults to the recipe name")
+        register: RegisterSpec | None = Field(None, description="register the bundle in the MLflow model registry")
 
 
 STAGE_ORDER = ("teacher", "student", "prune", "fold", "quantize", "export", "handoff")
@@ -275,6 +355,32 @@ class Recipe(Strict):
     quantize: QuantizeStage = Field(default_factory=QuantizeStage)
     export: ExportStage = Field(default_factory=ExportStage)
     handoff: HandoffStage = Field(default_factory=HandoffStage)
+    sweep: dict[str, list[Any]] | None = Field(
+        None, description="dotted recipe key -> values; one run per point (see recipes/sweep.py)")
+    sweep_mode: Literal["grid", "zip"] = Field("grid", description="grid: every combination; zip: i-th values")
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _dotted_sweep_keys(cls, value: Any) -> Any:
+        """Accept nested mappings (``--set sweep.prune.ratio=[..]``) as dotted keys."""
+        if isinstance(value, dict):
+            from recipes.loader import flatten
+
+            return flatten(value)
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("needs at least one key: a list of values, e.g. {prune.ratio: [0.25, 0.5]}")
+            for key, values in value.items():
+                if not values:
+                    raise KeyPathError(key, "needs at least one value")
+                if key.split(".")[0] in ("sweep", "sweep_mode", "name"):
+                    raise KeyPathError(key, "cannot be swept")
+        return value
 
     @model_validator(mode="after")
     def _teacher_fits_student(self) -> "Recipe":

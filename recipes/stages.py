@@ -120,6 +120,17 @@ def _finish_model_stage(ctx: RunContext, folder: Path, stage: str, model: nn.Mod
     return metrics, {"model": str(model_dir)}
 
 
+def _resumable(ctx: RunContext, folder: Path, name: str = "checkpoint") -> dict[str, Any]:
+    """``train()`` arguments that checkpoint into the stage folder (and resume from it after a kill)."""
+    import mlflow
+
+    from recipes.ddp import checkpoint_path
+
+    run = mlflow.active_run()
+    return {"checkpoint_path": checkpoint_path(ctx, folder, name),
+            "checkpoint_extra": {"mlflow_run_id": run.info.run_id if run else ""}}
+
+
 def _train_log(ctx: RunContext, prefix: str = ""):
     return lambda metrics, step: ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
@@ -129,9 +140,15 @@ def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     clean-image teacher g(J) -> J.  ``psnr_initial`` is logged before training for comparison."""
     cfg = ctx.recipe.teacher
     assert cfg is not None
+    task = Task(clean_image=cfg.clean_image, multilevel=cfg.multilevel_loss is not None)
+    if cfg.checkpoint is not None:  # pre-trained: load (validated against model/config), score, keep
+        from recipes.teacher_checkpoint import load_teacher_checkpoint
+
+        model, spec = load_teacher_checkpoint(cfg.checkpoint, cfg.model, cfg.config)
+        ctx.tracker.log_params({"teacher_checkpoint": str(cfg.checkpoint)})
+        return _finish_model_stage(ctx, folder, "teacher", model, spec, {}, task)
     spec = ModelSpec(family="teacher", name=cfg.model, config=cfg.config)
     model = build_model(spec)
-    task = Task(clean_image=cfg.clean_image, multilevel=cfg.multilevel_loss is not None)
     extra = {"psnr_initial": _quality(ctx, model, task)["psnr"]}
     ctx.tracker.log_metrics(extra)
     if cfg.levels:
@@ -140,7 +157,8 @@ def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
             level_task = Task(level=step.level)
             prefix = f"level{step.level}_"
             result = train(model, ctx.data.train_set, step.train, seed=ctx.recipe.seed + step.level,
-                           log=_train_log(ctx, prefix), desc=f"teacher level {step.level}", task=level_task)
+                           log=_train_log(ctx, prefix), desc=f"teacher level {step.level}", task=level_task,
+                           **_resumable(ctx, folder, f"checkpoint-level{step.level}"))
             scores = evaluate(model, eval_pairs, level_task)
             level_metrics = {f"{prefix}psnr": scores["psnr"], f"{prefix}ssim": scores["ssim"],
                              f"{prefix}final_loss": result.final_loss}
@@ -155,7 +173,7 @@ def teacher_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
             weights = cfg.multilevel_loss
             criterion = lambda outputs, target: aaunet_multilevel_loss(outputs, target, weights)  # noqa: E731
         result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed, log=_train_log(ctx),
-                       desc="teacher", task=task, criterion=criterion)
+                       desc="teacher", task=task, criterion=criterion, **_resumable(ctx, folder))
         extra["final_loss"] = result.final_loss
     return _finish_model_stage(ctx, folder, "teacher", model, spec, extra, task)
 
@@ -191,7 +209,7 @@ def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     kd = make_distiller(ctx)
     try:
         result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed + 1, kd=kd,
-                       log=_train_log(ctx), desc="student")
+                       log=_train_log(ctx), desc="student", **_resumable(ctx, folder))
     except (TapError, AdapterError) as exc:
         raise StageError(f"student: distillation: {exc}") from None
     extra = {"final_loss": result.final_loss}
@@ -274,7 +292,8 @@ def prune_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[s
         pruned = _quality(ctx, model)["psnr"]
         kd = Distiller(dense, output_weight=cfg.kd_weight) if cfg.kd_weight > 0 else None
         train(model, ctx.data.train_set, finetune, seed=ctx.recipe.seed + 2 + i, kd=kd,
-              log=_train_log(ctx, f"round{i}_" if cfg.steps > 1 else ""), desc=f"prune round {i} fine-tune")
+              log=_train_log(ctx, f"round{i}_" if cfg.steps > 1 else ""), desc=f"prune round {i} fine-tune",
+              **_resumable(ctx, folder, f"checkpoint-round{i}"))
         tuned = _quality(ctx, model)["psnr"]
         extra.update({f"round{i}_psnr_pruned": pruned, f"round{i}_psnr": tuned,
                       f"round{i}_macs": float(count_macs(model, shape))})
@@ -304,20 +323,16 @@ def fold_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[st
     return _finish_model_stage(ctx, folder, "fold", folded, spec, extra)
 
 
-def calibration_frames(ctx: RunContext, count: int) -> np.ndarray:
-    """``count`` RAW crops of the export input size from the *training* data, seeded (NCHW float32)."""
-    h, w = ctx.recipe.export.input_size
-    usable = [p for p in ctx.data.train_pairs if p.raw.shape[1] >= h and p.raw.shape[2] >= w]
-    if not usable:
-        raise StageError(f"quantize: no training image is at least {h}x{w} packed pixels for calibration")
-    rng = np.random.default_rng([ctx.recipe.seed, 7])
-    frames = []
-    for i in range(count):
-        raw = usable[i % len(usable)].raw
-        y = int(rng.integers(0, raw.shape[1] - h + 1))
-        x = int(rng.integers(0, raw.shape[2] - w + 1))
-        frames.append(raw[:, y : y + h, x : x + w])
-    return np.stack(frames).astype(np.float32)
+def calibration_frames(ctx: RunContext, count: int, selection: str = "random") -> np.ndarray:
+    """``count`` RAW crops of the export input size from the *training* data (NCHW float32), picked as
+    ``quantize.calibration_selection`` says (``compress.calibration``: random, or spread over brightness)."""
+    from compress.calibration import calibration_crops
+
+    try:
+        return calibration_crops([p.raw for p in ctx.data.train_pairs], count, ctx.recipe.export.input_size,
+                                 selection, seed=ctx.recipe.seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise StageError(f"quantize: {exc}") from None
 
 
 @torch.no_grad()
@@ -353,7 +368,7 @@ def activation_ranges(model: nn.Module, frames: np.ndarray) -> dict[str, dict[st
 def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
     cfg = ctx.recipe.quantize
     model, _ = load_model(ctx.model_dir())
-    frames = calibration_frames(ctx, cfg.calibration_frames)
+    frames = calibration_frames(ctx, cfg.calibration_frames, cfg.calibration_selection)
     np.save(folder / "calibration.npy", frames)
     ranges = activation_ranges(model, frames)
     (folder / "activation_ranges.json").write_text(json.dumps(ranges, indent=2))
@@ -368,7 +383,9 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dic
         "calibration_raw_mean": float(frames.mean()),
         "activation_outlier_ratio_max": float(outlier_ratio),
     }
-    ctx.tracker.log_params({"quant_mode": cfg.mode, "quant_int8_io": cfg.int8_io})
+    ctx.tracker.log_params({"quant_mode": cfg.mode, "quant_int8_io": cfg.int8_io,
+                            "quant_variants": ",".join(cfg.built_variants()),
+                            "quant_calibration_selection": cfg.calibration_selection})
     ctx.tracker.log_metrics(metrics)
     return metrics, {"calibration": str(folder / "calibration.npy"), "model": str(ctx.model_dir())}
 
@@ -389,63 +406,108 @@ def eval_crops(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """ONNX + every TFLite variant from one onnx2tf run, each scored and gated (``recipes.quant_gate``).
+
+    fp32 is always built (the reference for every PSNR drop); ``quantize.mode`` is the variant the
+    bundle ships and ``quantize.variants`` are built alongside.  With ``quantize.selective`` the int8
+    variant comes from the selective-precision search (``compress.selective``).
+    """
     from compress.latency import onnx_latency_ms, tflite_latency_ms
     from compress.onnx_export import export_onnx
-    from compress.parity import psnr_db, run_onnx, run_tflite
+    from compress.parity import psnr_db, run_onnx
+    from compress.selective import SelectivePrecision, selective_markdown
     from compress.tflite import assert_builtin_only, convert_onnx_to_tflite, tflite_io_details
     from distill.metrics import psnr, ssim
+    from recipes.quant_gate import gate_failures, score_tflite, tflite_psnr
 
     cfg, qcfg = ctx.recipe.export, ctx.recipe.quantize
+    threads = cfg.latency_threads
+    variants = qcfg.built_variants()
     model, spec = load_model(ctx.model_dir())
     if not spec.folded:  # fold: disabled still ships single convs: folding is exact, branches only cost time
         model, _ = fold_model(model)
     raws, rgbs = eval_crops(ctx)
+    target = torch.from_numpy(rgbs)
     with torch.no_grad():
         reference = model(torch.from_numpy(raws)).numpy()
-    bar = tqdm(total=5, desc="export", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=3 + len(variants), desc="export", leave=False, dynamic_ncols=True)
     bar.set_postfix_str("ONNX")
     onnx_path = export_onnx(model, folder / "model.onnx", _input_shape(ctx.recipe))
     bar.update()
-    bar.set_postfix_str("onnx2tf -> TFLite fp32 + INT8")
+    bar.set_postfix_str(f"onnx2tf -> TFLite {' + '.join(variants)}")
     calibration = np.load(ctx.output("quantize", "calibration"))
-    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io)
-    paths = {"onnx": onnx_path, "tflite_fp32": tflite["fp32"], "tflite_int8": tflite["int8"]}
-    for key in ("tflite_fp32", "tflite_int8"):
-        assert_builtin_only(paths[key])
+    selective = None
+    modes = [v for v in variants if v != "fp32"]
+    if qcfg.selective is not None:
+        drop = lambda cand, fp32: (tflite_psnr(fp32, raws, target, threads)  # noqa: E731
+                                   - tflite_psnr(cand, raws, target, threads))
+        selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop)
+        modes.remove("int8")
+    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io, modes=modes,
+                                    extra=selective)
+    paths: dict[str, Path] = {"onnx": onnx_path, **{f"tflite_{v}": tflite[v] for v in variants}}
+    for v in variants:
+        assert_builtin_only(tflite[v])
     bar.update()
 
     metrics: dict[str, float] = {}
-    target = torch.from_numpy(rgbs)
-    for fmt, path in paths.items():
-        bar.set_postfix_str(f"parity + latency {fmt}")
-        out = run_onnx(path, raws) if fmt == "onnx" else run_tflite(path, raws, num_threads=cfg.latency_threads)
-        metrics[f"parity_psnr_db_{fmt}"] = psnr_db(out, reference)
-        pred = torch.from_numpy(np.clip(out, 0, 1))
-        metrics[f"psnr_{fmt}"] = psnr(pred, target)
-        metrics[f"ssim_{fmt}"] = ssim(pred, target)
-        metrics[f"size_kb_{fmt}"] = size_kb(path)
-        timing = (onnx_latency_ms(path, num_threads=cfg.latency_threads) if fmt == "onnx"
-                  else tflite_latency_ms(path, num_threads=cfg.latency_threads))
-        metrics[f"latency_ms_{fmt}_{cfg.latency_threads}t"] = timing["median_ms"]
+    bar.set_postfix_str("parity + latency onnx")
+    out = run_onnx(onnx_path, raws)
+    pred = torch.from_numpy(np.clip(out, 0, 1))
+    metrics.update(parity_psnr_db_onnx=psnr_db(out, reference), psnr_onnx=psnr(pred, target),
+                   ssim_onnx=ssim(pred, target), size_kb_onnx=size_kb(onnx_path))
+    metrics[f"latency_ms_onnx_{threads}t"] = onnx_latency_ms(onnx_path, num_threads=threads)["median_ms"]
+    bar.update()
+    for v in variants:
+        bar.set_postfix_str(f"parity + latency tflite_{v}")
+        fmt = f"tflite_{v}"
+        metrics.update(score_tflite(tflite[v], fmt, raws, reference, target, threads))
+        thread_counts = sorted({threads, 1, 2}) if v == qcfg.mode else [threads]
+        for n in thread_counts:
+            metrics[f"latency_ms_{fmt}_{n}t"] = tflite_latency_ms(tflite[v], num_threads=n)["median_ms"]
         bar.update()
     bar.close()
+    for v in variants:
+        if v != "fp32":
+            metrics[f"psnr_drop_db_tflite_{v}"] = metrics["psnr_tflite_fp32"] - metrics[f"psnr_tflite_{v}"]
+    shipped = f"tflite_{qcfg.mode}"
     metrics["psnr_pytorch"] = psnr(torch.from_numpy(np.clip(reference, 0, 1)), target)
     metrics["params"] = count_params(model)
     metrics["macs"] = count_macs(model, _input_shape(ctx.recipe))
-    metrics["size_kb"] = metrics["size_kb_tflite_int8"]
-    metrics["psnr"], metrics["ssim"] = metrics["psnr_tflite_int8"], metrics["ssim_tflite_int8"]
+    metrics["size_kb"] = metrics[f"size_kb_{shipped}"]
+    metrics["psnr"], metrics["ssim"] = metrics[f"psnr_{shipped}"], metrics[f"ssim_{shipped}"]
+    outputs = {k: str(v) for k, v in paths.items()}
+    if selective is not None:
+        assert selective.result is not None
+        result = selective.result
+        (folder / "selective.json").write_text(json.dumps(result.to_json(), indent=2))
+        (folder / "selective.md").write_text(selective_markdown(result))
+        for name in ("selective.json", "selective.md"):
+            ctx.tracker.log_artifact(folder / name, artifact_path="selective")
+        metrics.update(selective_float_layers=float(len(result.float_layers)),
+                       selective_int8_drop_db_before=result.int8_drop_db)
+        outputs["selective"] = str(folder / "selective.json")
     ctx.tracker.log_metrics(metrics)
 
     for fmt in ("onnx", "tflite_fp32"):
         if metrics[f"parity_psnr_db_{fmt}"] < cfg.parity_min_db:
             raise StageError(f"export: {fmt} parity {metrics[f'parity_psnr_db_{fmt}']:.1f} dB is below the "
                              f"{cfg.parity_min_db:.0f} dB gate; no bundle is written")
-    io = {fmt: tflite_io_details(paths[fmt]) for fmt in ("tflite_fp32", "tflite_int8")}
+    if selective is not None and selective.result is not None and not selective.result.reached:
+        r = selective.result
+        raise StageError(f"export: selective precision: int8 PSNR drop {r.drop_db:.3f} dB with "
+                         f"{len(r.float_layers)} float layer(s) still exceeds quantize.selective.max_drop_db "
+                         f"{r.max_drop_db:g} dB (limit quantize.selective.max_float_layers "
+                         f"{qcfg.selective.max_float_layers}); no bundle is written")  # type: ignore[union-attr]
+    failures = gate_failures(metrics, qcfg, cfg.parity_min_db)
+    if failures:
+        raise StageError(f"export: {'; '.join(failures)}; no bundle is written")
+    io = {f"tflite_{v}": tflite_io_details(tflite[v]) for v in variants}
     (folder / "io_details.json").write_text(json.dumps(io, indent=2))
     for path in (*paths.values(), folder / "io_details.json"):
         ctx.tracker.log_artifact(Path(path), artifact_path="exported")
-    outputs = {k: str(v) for k, v in paths.items()}
-    outputs["io_details"] = str(folder / "io_details.json")
+    outputs.update(io_details=str(folder / "io_details.json"), tflite_shipped=str(tflite[qcfg.mode]),
+                   shipped_variant=qcfg.mode)
     return metrics, outputs
 
 
@@ -453,26 +515,35 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
     from compress.handoff import golden_tolerance, write_bundle
     from compress.parity import run_tflite
     from distill.data.bayer import PACKED_ORDER, colour_offsets
+    from recipes import model_card
 
     recipe = ctx.recipe
     export = ctx.outcomes["export"]
     em = export.metrics
-    int8_path = ctx.output("export", "tflite_int8")
-    io = json.loads(ctx.output("export", "io_details").read_text())["tflite_int8"]
+    variant = export.outputs.get("shipped_variant", "int8")
+    fmt = f"tflite_{variant}"
+    model_path = ctx.output("export", fmt)
+    io = json.loads(ctx.output("export", "io_details").read_text())[fmt]
     raws, _ = eval_crops(ctx)
     golden_in_nchw = raws[:1]
-    golden_out = np.transpose(run_tflite(int8_path, golden_in_nchw), (0, 2, 3, 1))
+    golden_out = np.transpose(run_tflite(model_path, golden_in_nchw), (0, 2, 3, 1))
     golden_in = np.transpose(golden_in_nchw, (0, 2, 3, 1))
-    _, spec = load_model(ctx.model_dir())
+    model, spec = load_model(ctx.model_dir())
     offsets = colour_offsets(recipe.data.pattern)
     inp, out = io["inputs"][0], io["outputs"][0]
     threads = recipe.export.latency_threads
+    layers = model_card.float_layers(export.outputs, variant)
+    built = [v for v in recipe.quantize.built_variants() if f"tflite_{v}" in export.outputs]
     card = {
         "name": recipe.bundle_name,
         "description": recipe.description or f"{spec.name} from recipe {recipe.name}",
         "format": "tflite",
-        "quantization": "int8: per-channel int8 weights, per-tensor int8 activations"
-        + (", int8 input/output" if recipe.quantize.int8_io else ", float input/output"),
+        "variant": variant,
+        "quantization": model_card.describe_variant(variant, recipe.quantize.int8_io, layers),
+        "precision": model_card.precision_section(variant, recipe.quantize.int8_io, layers),
+        "input_size": model_card.input_size_section(model.eval(), recipe.export.input_size),
+        "calibration": model_card.calibration_section(
+            recipe, int(ctx.outcomes["quantize"].metrics.get("calibration_frames", recipe.quantize.calibration_frames))),
         "model": {"family": spec.family, "name": spec.name, "config": spec.config, "widths": spec.widths,
                   "folded": True},  # the export stage folds whatever the fold stage did not
         "input": {
@@ -486,16 +557,12 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
         "output": {"name": out["name"], "shape": out["shape"], "dtype": out["dtype"], "layout": "NHWC",
                    "scale": out.get("scale"), "zero_point": out.get("zero_point"), "colour": "sRGB",
                    "range": [0.0, 1.0]},
-        "quality": {
-            "tflite_int8": {"psnr": em["psnr_tflite_int8"], "ssim": em["ssim_tflite_int8"],
-                            "parity_psnr_db": em["parity_psnr_db_tflite_int8"]},
-            "tflite_fp32": {"psnr": em["psnr_tflite_fp32"], "ssim": em["ssim_tflite_fp32"],
-                            "parity_psnr_db": em["parity_psnr_db_tflite_fp32"]},
-        },
+        "quality": model_card.quality_table(em, built, threads),
         "evaluation": f"{len(ctx.data.eval_pairs)} held-out images ({recipe.data.kind} data), centre crops "
                       f"of {recipe.export.input_size[0]}x{recipe.export.input_size[1]} packed pixels",
-        "cost": {"size_kb": em["size_kb_tflite_int8"], "params": int(em["params"]), "macs": int(em["macs"]),
-                 "latency_ms": em[f"latency_ms_tflite_int8_{threads}t"], "latency_threads": threads},
+        "cost": {"size_kb": em[f"size_kb_{fmt}"], "params": int(em["params"]), "macs": int(em["macs"]),
+                 "latency_ms": em[f"latency_ms_{fmt}_{threads}t"], "latency_threads": threads,
+                 "latency_ms_by_threads": model_card.shipped_latency(em, variant)},
         "golden": {"input": "golden_input.npy", "output": "golden_output.npy",
                    "tolerance": golden_tolerance(out)},
         "provenance": {
@@ -505,10 +572,10 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    bundle = write_bundle(ctx.workdir / "handoff" / recipe.bundle_name, int8_path, card, golden_in, golden_out)
+    bundle = write_bundle(ctx.workdir / "handoff" / recipe.bundle_name, model_path, card, golden_in, golden_out)
     ctx.tracker.log_artifact(bundle, artifact_path="handoff")
-    metrics = {"psnr": em["psnr_tflite_int8"], "ssim": em["ssim_tflite_int8"], "params": em["params"],
-               "macs": em["macs"], "size_kb": em["size_kb_tflite_int8"]}
+    metrics = {"psnr": em[f"psnr_{fmt}"], "ssim": em[f"ssim_{fmt}"], "params": em["params"],
+               "macs": em["macs"], "size_kb": em[f"size_kb_{fmt}"]}
     ctx.tracker.log_metrics(metrics)
     return metrics, {"bundle": str(bundle)}
 

@@ -1,0 +1,180 @@
+"""ONNX rewrites that keep INT8 TFLite models on XNNPACK's fast path (CPU).
+
+XNNPACK (ai-edge-litert 2.3) runs INT8 ``LEAKY_RELU``, ``ADD``, ``SUB`` and ``MUL`` but leaves
+INT8 ``PRELU``, ``HARD_SWISH``, ``MINIMUM``, ``MAXIMUM`` and a ``RELU`` that is not fused into the op
+before it to TFLite's own kernels (``compress.xnnpack`` finds them; ``docs/quantization.md`` has the
+whole list).  Each such op costs a slow kernel plus a graph partition, and turns INT8 slower than
+fp32 (16-channel net: PReLU x1.49, HardSwish x1.35, ``Clip(0, 1)`` x1.66).  Each rewrite below
+expresses the op exactly (in real arithmetic) with ops XNNPACK takes, ``|x|`` being written as
+``LeakyRelu(alpha=-1)`` (XNNPACK rejects INT8 ``ABS`` and a LeakyRelu with alpha 0):
+
+* ``PRelu(x, a)``      -> ``((1 + a) x + (1 - a) |x|) / 2``   (constant slope ``a``)
+* ``HardSwish(x)``     -> ``x * (1/2 + (|x + 3| - |x - 3|) / 12)``
+* ``Clip(x, lo, hi)``  -> ``(lo + hi) / 2 + (|x - lo| - |x - hi|) / 2``  (one side: ``lo + relu(x - lo)``)
+* ``Max(a, b)``        -> ``(a + b + |a - b|) / 2``;  ``Min(a, b)`` -> ``(a + b - |a - b|) / 2``
+* ``Relu(x)`` whose input comes from an op TFLite cannot fuse it into -> ``(x + |x|) / 2``
+
+``Clip(0, 6)`` (fused into the conv before it as RELU6) and ``Relu`` right after a ``Conv``/``Add``
+/``Sub``/``Mul`` with no other reader (fused too) are left alone.  XNNPACK takes all of these ops in
+fp32 already and the rewritten fp32 graph is 10-20 % slower (more elementwise passes), so apply the
+rewrite to the ONNX file the INT8 variant is converted from.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+REWRITABLE_OPS = ("PRelu", "HardSwish", "Clip", "Max", "Min", "Relu")
+FUSING_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Add", "Sub", "Mul", "Gemm", "MatMul"})
+RELU6 = (0.0, 6.0)
+
+
+class _Builder:
+    """Appends nodes/initializers with names unique to one rewrite (``{prefix}/...``)."""
+
+    def __init__(self, graph: onnx.GraphProto, prefix: str) -> None:
+        self.graph, self.prefix, self.nodes, self.count = graph, prefix, [], 0
+
+    def const(self, value: float | np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> str:
+        name = f"{self.prefix}/c{self.count}"
+        self.count += 1
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: object) -> str:
+        out = output or f"{self.prefix}/t{self.count}"
+        self.count += 1
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{self.prefix}/{op_type}{self.count}",
+                                           **attrs))
+        return out
+
+    def abs(self, x: str) -> str:
+        """``|x|`` as ``LeakyRelu(alpha=-1)``: XNNPACK takes it in INT8, unlike ``ABS`` (or alpha 0)."""
+        return self.op("LeakyRelu", [x], alpha=-1.0)
+
+    def relu(self, x: str, output: str | None = None) -> str:
+        """``(x + |x|) / 2``."""
+        return self.op("Mul", [self.op("Add", [x, self.abs(x)]), self.const(0.5)], output)
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs by tensor name."""
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _scalar(values: dict[str, np.ndarray], name: str) -> float | None:
+    """The float value of an optional scalar input (``""`` = absent -> None); non-constant raises KeyError."""
+    if not name:
+        return None
+    array = values[name]
+    if array.size != 1:
+        raise KeyError(name)
+    return float(array.reshape(()))
+
+
+def _float_elem_type(graph: onnx.GraphProto, tensor: str) -> bool:
+    """True unless shape inference says ``tensor`` is not float32 (the rewrites use float constants)."""
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        if info.name == tensor:
+            return info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    return True
+
+
+def _rewrite_node(node: onnx.NodeProto, graph: onnx.GraphProto, values: dict[str, np.ndarray],
+                  producers: dict[str, onnx.NodeProto], readers: dict[str, int],
+                  index: int) -> list[onnx.NodeProto] | None:
+    """Replacement nodes for ``node`` (same output name), or None to keep it."""
+    b = _Builder(graph, f"xnn_int8/{node.op_type}{index}")
+    x, y = node.input[0] if node.input else "", node.output[0]
+    if not _float_elem_type(graph, x):
+        return None
+    if node.op_type == "PRelu":  # ((1 + a) x + (1 - a) |x|) / 2
+        slope = values.get(node.input[1])
+        if slope is None:
+            return None  # a slope computed at run time
+        half_x = b.op("Mul", [x, b.const((1.0 + slope) / 2.0)])
+        b.op("Add", [half_x, b.op("Mul", [b.abs(x), b.const((1.0 - slope) / 2.0)])], y)
+    elif node.op_type == "HardSwish":  # x * (1/2 + (|x + 3| - |x - 3|) / 12)
+        spread = b.op("Sub", [b.abs(b.op("Add", [x, b.const(3.0)])), b.abs(b.op("Sub", [x, b.const(3.0)]))])
+        gate = b.op("Add", [b.op("Mul", [spread, b.const(1.0 / 12.0)]), b.const(0.5)])
+        b.op("Mul", [x, gate], y)
+    elif node.op_type == "Clip":
+        try:
+            lo = _scalar(values, node.input[1] if len(node.input) > 1 else "")
+            hi = _scalar(values, node.input[2] if len(node.input) > 2 else "")
+        except KeyError:
+            return None  # bounds computed at run time
+        if (lo, hi) == RELU6 or (lo is None and hi is None) or (lo == 0.0 and hi is None):
+            return None  # RELU6 fuses into the conv; Clip(0, inf) is a Relu: left to the Relu rule's logic
+        if lo is not None and hi is not None:  # (lo + hi) / 2 + (|x - lo| - |x - hi|) / 2
+            spread = b.op("Sub", [b.abs(b.op("Sub", [x, b.const(lo)])), b.abs(b.op("Sub", [x, b.const(hi)]))])
+            b.op("Add", [b.op("Mul", [spread, b.const(0.5)]), b.const((lo + hi) / 2.0)], y)
+        elif lo is not None:  # lo + relu(x - lo)
+            b.op("Add", [b.relu(b.op("Sub", [x, b.const(lo)])), b.const(lo)], y)
+        else:  # hi - relu(hi - x)
+            b.op("Sub", [b.const(hi), b.relu(b.op("Sub", [b.const(hi), x]))], y)
+    elif node.op_type in ("Max", "Min"):  # (a + c +- |a - c|) / 2
+        if len(node.input) != 2:
+            return None
+        a, c = node.input
+        total, spread = b.op("Add", [a, c]), b.abs(b.op("Sub", [a, c]))
+        b.op("Mul", [b.op("Add" if node.op_type == "Max" else "Sub", [total, spread]), b.const(0.5)], y)
+    elif node.op_type == "Relu":
+        producer = producers.get(x)
+        if producer is not None and producer.op_type in FUSING_PRODUCERS and readers.get(x, 0) == 1:
+            return None
+        b.relu(x, y)
+    else:
+        return None
+    return b.nodes
+
+
+def rewrite_for_xnnpack_int8(onnx_path: Path, ops: Iterable[str] = REWRITABLE_OPS) -> dict[str, int]:
+    """Apply the module's rewrites to ``onnx_path`` in place; returns ``{op_type: count}`` rewritten.
+
+    ``ops`` picks rules by ONNX op type (``REWRITABLE_OPS``).  The file is saved only when something
+    changed, and checked by ``onnx.checker`` (full check) before it is written.
+    """
+    ops = tuple(ops)
+    unknown = sorted(set(ops) - set(REWRITABLE_OPS))
+    if unknown:
+        raise ValueError(f"no XNNPACK INT8 rewrite for {unknown}; choose from {list(REWRITABLE_OPS)}")
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # types are only used to skip non-float tensors; unknown means float
+        pass
+    graph = model.graph
+    values = _constant_values(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for output in graph.output:
+        readers[output.name] = readers.get(output.name, 0) + 1
+
+    counts: dict[str, int] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        replacement = _rewrite_node(node, graph, values, producers, readers, index) if node.op_type in ops else None
+        if replacement is None:
+            new_nodes.append(node)
+        else:
+            new_nodes.extend(replacement)
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if counts:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(onnx_path))
+    return counts

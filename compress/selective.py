@@ -1,0 +1,179 @@
+"""Selective precision: keep the INT8 layers that hurt quality most in float, until a PSNR budget holds.
+
+An ISP net is only as good as its worst layer: one activation with a wide range (a tanh input, the
+last conv before the pixel shuffle) can cost a dB while every other layer quantizes cleanly.  Rather
+than give up INT8 for the whole model, we measure every layer and keep just the worst few in float.
+
+1. TensorFlow's ``QuantizationDebugger`` builds an instrumented INT8 model in which every quantized op
+   is checked against the same op in float on the same (dequantized) inputs: the per-layer error of
+   that op alone, not the error accumulated from earlier layers.  From it each layer gets an SQNR
+   (float output power over quantization-error power, in dB) plus RMSE, RMSE / scale and max error.
+2. Layers are ranked by SQNR, lowest first.  Ops that add no error (SQNR >= ``EXACT_SQNR_DB``: depth
+   to space, reshapes) are never candidates: keeping them in float would only add (de)quantize ops.
+3. Greedy search: the most sensitive layer goes to float, the model is re-quantized from the same
+   calibration (no new calibration run) and the PSNR drop against the fp32 TFLite model is measured
+   on held-out data; repeat until the drop is within budget or ``max_float_layers`` is reached.
+
+Re-quantizing uses ``mlir_quantize`` on the calibrated model, which is what the debugger's own
+``get_nondebug_quantized_model`` calls; calling it directly lets the result keep int8 model I/O.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.tflite import ConverterFactory, assert_builtin_only
+
+EXACT_SQNR_DB = 80.0
+DropFn = Callable[[Path, Path], float]
+"""``drop_db(candidate.tflite, fp32.tflite)``: PSNR of the fp32 model minus that of the candidate, in dB."""
+
+
+@dataclass
+class LayerError:
+    """One quantized op's own error (from the debugger's NumericVerify output)."""
+
+    name: str  # the op's output tensor name: what the quantizer's ``denylisted_nodes`` takes
+    op: str
+    sqnr_db: float
+    rmse: float
+    scale: float
+    rmse_over_scale: float  # ~0.29 is plain rounding noise; well above it means clipping or error growth
+    max_abs_error: float
+
+
+@dataclass
+class SelectiveResult:
+    """The chosen float layers, the drop before and after, and every search step."""
+
+    float_layers: list[str]
+    drop_db: float
+    int8_drop_db: float
+    max_drop_db: float
+    reached: bool
+    layers: list[LayerError]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"float_layers": self.float_layers, "drop_db": self.drop_db, "int8_drop_db": self.int8_drop_db,
+                "max_drop_db": self.max_drop_db, "reached": self.reached,
+                "layers": [_finite(asdict(layer)) for layer in self.layers], "steps": self.steps}
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: an exact layer's SQNR is written as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def layer_errors(factory: ConverterFactory) -> tuple[Any, list[LayerError]]:
+    """Run TensorFlow's quantization debugger on the calibration frames.
+
+    Returns the debugger (it holds the calibrated model, so re-quantizing needs no new calibration)
+    and one ``LayerError`` per quantized op in model order.
+    """
+    tf = factory.tf
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"float_power": lambda f, _q, _s, _z: float(np.mean(np.square(f)))})
+    with warnings.catch_warnings():  # the debugger runs TF's own (deprecated) interpreter internally
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated", category=UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=factory.converter("int8"), debug_dataset=factory.representative(), debug_options=options)
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)  # the public view: op, tensor name, scale and the metrics
+    layers = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        mse, power, scale = float(row["mean_squared_error"]), float(row["float_power"]), float(row["scale"])
+        sqnr = math.inf if mse <= 0 else 10.0 * math.log10(max(power, 1e-30) / mse)
+        rmse = math.sqrt(max(mse, 0.0))
+        layers.append(LayerError(name=row["tensor_name"], op=row["op_name"], sqnr_db=sqnr, rmse=rmse, scale=scale,
+                                 rmse_over_scale=rmse / scale if scale > 0 else math.inf,
+                                 max_abs_error=float(row["max_abs_error"])))
+    return debugger, layers
+
+
+def quantize_with_float_layers(factory: ConverterFactory, calibrated_model: bytes, float_layers: list[str]) -> bytes:
+    """INT8 model from the calibrated model with ``float_layers`` left in float (builtin ops only)."""
+    from tensorflow.lite.python import convert
+
+    io_type = factory.tf.int8 if factory.int_io else factory.tf.float32
+    flatbuffer = convert.mlir_quantize(calibrated_model, disable_per_channel=False, fully_quantize=False,
+                                       input_data_type=io_type, output_data_type=io_type,
+                                       denylisted_nodes=list(float_layers) or None)
+    return factory.finish(flatbuffer)
+
+
+def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Path, max_drop_db: float,
+           max_float_layers: int) -> SelectiveResult:
+    """Greedy search (module docstring); the best model found is written to ``work/int8_selective.tflite``.
+
+    ``reached`` is False when ``max_float_layers`` layers (or every candidate) are float and the drop
+    is still over ``max_drop_db``: the caller decides whether that fails.
+    """
+    debugger, layers = layer_errors(factory)
+    ranked = sorted((layer for layer in layers if layer.sqnr_db < EXACT_SQNR_DB), key=lambda layer: layer.sqnr_db)
+    limit = min(max_float_layers, len(ranked))
+    candidate = work / "int8_selective.tflite"
+    float_layers: list[str] = []
+    steps: list[dict[str, Any]] = []
+    while True:
+        candidate.write_bytes(quantize_with_float_layers(factory, debugger.calibrated_model, float_layers))
+        drop = drop_db(candidate, fp32_path)
+        steps.append({"float_layers": len(float_layers), "added": float_layers[-1] if float_layers else None,
+                      "drop_db": drop})
+        if drop <= max_drop_db or len(float_layers) >= limit:
+            break
+        float_layers.append(ranked[len(float_layers)].name)
+    assert_builtin_only(candidate)
+    return SelectiveResult(float_layers=float_layers, drop_db=drop, int8_drop_db=steps[0]["drop_db"],
+                           max_drop_db=max_drop_db, reached=drop <= max_drop_db, layers=layers, steps=steps,
+                           path=candidate)
+
+
+class SelectivePrecision:
+    """``convert_onnx_to_tflite(extra=...)`` hook: builds the ``int8`` variant by the greedy search.
+
+    After the conversion ``result`` holds the ``SelectiveResult`` (also when the budget was missed).
+    """
+
+    def __init__(self, max_drop_db: float, max_float_layers: int, drop_db: DropFn, key: str = "int8") -> None:
+        if max_float_layers < 0:
+            raise ValueError(f"max_float_layers must be >= 0; got {max_float_layers}")
+        self.max_drop_db, self.max_float_layers, self.drop_db, self.key = max_drop_db, max_float_layers, drop_db, key
+        self.result: SelectiveResult | None = None
+
+    def __call__(self, factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
+        self.result = search(factory, built["fp32"], self.drop_db, work, self.max_drop_db, self.max_float_layers)
+        assert self.result.path is not None
+        return {self.key: self.result.path}
+
+
+def selective_markdown(result: SelectiveResult) -> str:
+    """The per-layer table and the search steps, for MLflow and people."""
+    chosen = set(result.float_layers)
+    lines = [
+        f"# Selective precision: budget {result.max_drop_db:.3f} dB PSNR drop vs fp32 TFLite",
+        "",
+        f"All-INT8 drop {result.int8_drop_db:.3f} dB; with {len(result.float_layers)} float layer(s) "
+        f"{result.drop_db:.3f} dB ({'within' if result.reached else 'OVER'} budget).",
+        "",
+        "| # | op | SQNR dB | RMSE | scale | RMSE/scale | max abs err | precision | tensor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, layer in enumerate(result.layers):
+        lines.append(f"| {i} | {layer.op} | {layer.sqnr_db:.1f} | {layer.rmse:.3g} | {layer.scale:.3g} | "
+                     f"{layer.rmse_over_scale:.2f} | {layer.max_abs_error:.3g} | "
+                     f"{'float' if layer.name in chosen else 'int8'} | `{layer.name}` |")
+    lines += ["", "| step | float layers | added | drop dB |", "|---|---|---|---|"]
+    for i, step in enumerate(result.steps):
+        lines.append(f"| {i} | {step['float_layers']} | {step['added'] or '-'} | {step['drop_db']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,328 @@
+"""Full-resolution inference in tiles: any packed RAW size through a model with a fixed (or small) input.
+
+A 12 MP photo is a 4 x 1500 x 2000 packed tensor: too big for a TFLite model exported at 256 x 256 and
+wasteful to run in one piece on a phone.  ``tiled_inference`` cuts it into overlapping tiles, runs
+them in batches and blends the outputs back together:
+
+* **overlap rule**: every tile carries ``overlap`` packed pixels of context on each side whose outputs
+  get weight 0 (a tile edge is zero-padded inside the network, so outputs within the receptive-field
+  margin of the edge are wrong).  With ``overlap >= receptive_field_margin(model)`` every output pixel
+  comes from a tile that saw its whole receptive field: tiled equals untiled inference in the interior.
+* **blending**: beyond the context band, neighbouring tiles cross-fade over ``blend`` pixels with a
+  raised-cosine window (the two weights sum to 1), which hides seams where the overlap is smaller
+  than the field (models with global pooling) or where a quantized model differs slightly per tile.
+  Neighbouring tiles therefore share ``2 * overlap + blend`` pixels.
+* **edges**: the image is reflect-padded (per packed channel, so CFA colours stay put) by ``overlap``
+  and up to a whole number of tiles, so any H and W work, odd ones too; the output is cropped back
+  to exactly ``(3, 2H, 2W)``.
+* **memory**: tiles are cut, run and accumulated one batch at a time; only the padded input, the
+  output image and a weight map at packed resolution are held (about 40 bytes per packed pixel).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RunBatch = Callable[[np.ndarray], np.ndarray]  # (N, 4, h, w) float32 -> (N, 3, s*h, s*w) float32
+DEFAULT_BLEND = 8  # packed pixels of cross-fade between neighbouring tiles
+TFLITE_TILES_PER_CALL = 16  # tiles per run_tflite call: amortises building the interpreter
+
+
+class UnboundedReceptiveFieldError(ValueError):
+    """The centre of the probe depends on inputs near its border: global pooling or a very large field."""
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go along both axes, in padded coordinates (the image starts at ``pad_before``)."""
+
+    height: int
+    width: int
+    tile: tuple[int, int]
+    overlap: int
+    blend: int
+    pad_before: int
+    starts_y: tuple[int, ...]
+    starts_x: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.starts_y) * len(self.starts_x)
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return self.starts_y[-1] + self.tile[0], self.starts_x[-1] + self.tile[1]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """How far (packed pixels, Chebyshev distance) one input pixel reaches into the output."""
+
+    margin: int
+    bounded: bool  # False: the field reaches past a quarter of the probe (global pooling or very wide)
+    probe: tuple[int, int]
+
+
+def _axis_starts(length: int, tile: int, overlap: int, blend: int, align: int) -> tuple[tuple[int, ...], int]:
+    """Tile starts along one axis and the padding before the image, for a uniform step."""
+    pad_before = math.ceil(overlap / align) * align
+    needed = pad_before + length + overlap  # the image plus context on both sides
+    if needed <= tile:
+        return (0,), pad_before
+    step = (tile - 2 * overlap - blend) // align * align
+    if step <= 0:
+        raise ValueError(f"tile {tile} is too small for overlap {overlap} and blend {blend} "
+                         f"(need tile > 2 * overlap + blend{f', step a multiple of {align}' if align > 1 else ''})")
+    count = math.ceil((needed - tile) / step) + 1
+    return tuple(i * step for i in range(count)), pad_before
+
+
+def plan_tiles(height: int, width: int, tile: int | tuple[int, int], overlap: int, blend: int = DEFAULT_BLEND,
+               align: int = 1) -> TilePlan:
+    """Tile layout for a packed ``height x width`` image; ``align`` keeps tile origins on a grid
+    (e.g. 16 for a net with four 2x2 poolings, so every tile pools like the whole image would)."""
+    th, tw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1 packed pixels; got {height}x{width}")
+    if th < 1 or tw < 1 or overlap < 0 or blend < 0 or align < 1:
+        raise ValueError(f"need tile >= 1, overlap >= 0, blend >= 0, align >= 1; got tile {th}x{tw}, "
+                         f"overlap {overlap}, blend {blend}, align {align}")
+    if th % align or tw % align:
+        raise ValueError(f"tile {th}x{tw} must be a multiple of align {align}")
+    ys, pad_y = _axis_starts(height, th, overlap, blend, align)
+    xs, pad_x = _axis_starts(width, tw, overlap, blend, align)
+    assert pad_y == pad_x
+    return TilePlan(height, width, (th, tw), overlap, blend, pad_y, ys, xs)
+
+
+def _window(length: int, overlap: int, ramp: int, before: bool, after: bool) -> np.ndarray:
+    """1-D tile weight: 0 in the context band, raised cosine over ``ramp``, 1 inside; a side without a
+    neighbour (``before``/``after`` False) keeps weight 1 up to the edge (it is padding, cropped later)."""
+    d = np.arange(length, dtype=np.float64)
+    w = np.ones(length)
+    for has_neighbour, dist in ((before, d), (after, length - 1 - d)):
+        if not has_neighbour:
+            continue
+        fade = np.sin(0.5 * np.pi * np.clip((dist - overlap + 0.5) / ramp, 0.0, 1.0)) ** 2 if ramp > 0 else 1.0
+        w = np.minimum(w, np.where(dist < overlap, 0.0, fade))
+    return w.astype(np.float32)
+
+
+def _tiles(padded: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+    th, tw = plan.tile
+    for iy, y in enumerate(plan.starts_y):
+        for ix, x in enumerate(plan.starts_x):
+            yield iy, ix, y, x, padded[:, y : y + th, x : x + tw]
+
+
+def tiled_inference(
+    packed: np.ndarray,
+    run_batch: RunBatch,
+    tile: int | tuple[int, int],
+    overlap: int,
+    blend: int = DEFAULT_BLEND,
+    batch: int = 1,
+    scale: int = 2,
+    align: int = 1,
+) -> np.ndarray:
+    """Packed RAW ``(4, H, W)`` -> output ``(C, scale*H, scale*W)`` float32 through ``run_batch`` in tiles.
+
+    ``run_batch`` gets up to ``batch`` tiles ``(n, 4, th, tw)`` at a time and returns
+    ``(n, C, scale*th, scale*tw)``.  ``overlap`` should be at least the model's receptive-field margin
+    (``receptive_field_margin``); see the module docstring for the layout.
+    """
+    packed = np.asarray(packed, dtype=np.float32)
+    if packed.ndim != 3:
+        raise ValueError(f"packed RAW must be (C, H, W); got shape {packed.shape}")
+    if batch < 1 or scale < 1:
+        raise ValueError(f"batch and scale must be >= 1; got {batch}, {scale}")
+    _, h, w = packed.shape
+    plan = plan_tiles(h, w, tile, overlap, blend, align)
+    th, tw = plan.tile
+    ph, pw = plan.padded_size
+    pad = plan.pad_before
+    padded = np.pad(packed, ((0, 0), (pad, ph - h - pad), (pad, pw - w - pad)), mode="reflect")
+    # neighbours share tile - step pixels: the context band on each side, the cross-fade in between
+    ramp_y = th - plan.starts_y[1] - 2 * overlap if len(plan.starts_y) > 1 else 0
+    ramp_x = tw - plan.starts_x[1] - 2 * overlap if len(plan.starts_x) > 1 else 0
+    out: np.ndarray | None = None
+    weight = np.zeros((h, w), dtype=np.float32)
+    pending: list[tuple[int, int, int, int, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal out
+        x = np.stack([p[4] for p in pending])
+        y = np.asarray(run_batch(x), dtype=np.float32)
+        if y.ndim != 4 or len(y) != len(x) or y.shape[2:] != (scale * th, scale * tw):
+            raise ValueError(f"run_batch returned shape {y.shape} for tiles {x.shape}; expected "
+                             f"({len(x)}, C, {scale * th}, {scale * tw}) (scale {scale})")
+        if out is None:
+            out = np.zeros((y.shape[1], scale * h, scale * w), dtype=np.float32)
+        for (iy, ix, ty, tx, _), tile_out in zip(pending, y):
+            wy = _window(th, overlap, ramp_y, iy > 0, iy < len(plan.starts_y) - 1)
+            wx = _window(tw, overlap, ramp_x, ix > 0, ix < len(plan.starts_x) - 1)
+            # the tile's rows/cols that fall inside the image, in tile and in image coordinates
+            y0, y1 = max(ty, pad), min(ty + th, pad + h)
+            x0, x1 = max(tx, pad), min(tx + tw, pad + w)
+            wt = np.outer(wy[y0 - ty : y1 - ty], wx[x0 - tx : x1 - tx])
+            weight[y0 - pad : y1 - pad, x0 - pad : x1 - pad] += wt
+            crop = tile_out[:, scale * (y0 - ty) : scale * (y1 - ty), scale * (x0 - tx) : scale * (x1 - tx)]
+            hh, ww = y1 - y0, x1 - x0  # each packed pixel's weight applies to its scale x scale output block
+            weighted = crop.reshape(-1, hh, scale, ww, scale) * wt[None, :, None, :, None]
+            out[:, scale * (y0 - pad) : scale * (y1 - pad), scale * (x0 - pad) : scale * (x1 - pad)] += (
+                weighted.reshape(-1, scale * hh, scale * ww))
+        pending.clear()
+
+    for item in _tiles(padded, plan):
+        pending.append(item)
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    assert out is not None
+    if weight.min() <= 0:  # cannot happen with the plan above; guards future edits of the layout
+        raise AssertionError("tile weights leave pixels uncovered")
+    out.reshape(out.shape[0], h, scale, w, scale)[...] /= weight[None, :, None, :, None]  # in place, no copy
+    return out
+
+
+# --------------------------------------------------------------------------- model adapters
+
+
+def torch_runner(model: nn.Module) -> RunBatch:
+    """``run_batch`` for a PyTorch model: eval mode, no autograd, on the model's device."""
+    model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float().cpu().numpy()
+
+    return run
+
+
+@dataclass(frozen=True)
+class TFLiteModel:
+    """A fixed-shape TFLite model as a ``run_batch``: ``tile`` is its packed input size (h, w)."""
+
+    path: Path
+    batch: int
+    tile: tuple[int, int]
+    num_threads: int = 2
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Any number of tiles; the last group is filled up to the model's fixed batch and trimmed."""
+        from compress.parity import run_tflite
+
+        n = len(x)
+        fill = (-n) % self.batch
+        if fill:
+            x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
+        return run_tflite(self.path, x, num_threads=self.num_threads)[:n]
+
+
+def tflite_runner(path: Path | str, num_threads: int = 2) -> TFLiteModel:
+    """Read the model's NHWC input shape (batch, h, w, 4) so tiles match it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = Path(path)
+    shape = [int(d) for d in Interpreter(model_path=str(path)).get_input_details()[0]["shape"]]
+    if len(shape) != 4:
+        raise ValueError(f"{path}: expected an NHWC image input; got input shape {shape}")
+    return TFLiteModel(path=path, batch=shape[0], tile=(shape[1], shape[2]), num_threads=num_threads)
+
+
+def tiled_tflite(packed: np.ndarray, model_path: Path | str, overlap: int, blend: int = DEFAULT_BLEND,
+                 num_threads: int = 2, align: int = 1) -> np.ndarray:
+    """``tiled_inference`` through a TFLite file at its own input size, several batches per call."""
+    model = tflite_runner(model_path, num_threads)
+    return tiled_inference(packed, model, model.tile, overlap, blend=blend,
+                           batch=model.batch * max(1, TFLITE_TILES_PER_CALL // model.batch), align=align)
+
+
+def tiled_torch(packed: np.ndarray, model: nn.Module, tile: int | tuple[int, int], overlap: int,
+                blend: int = DEFAULT_BLEND, batch: int = 4, align: int = 1) -> np.ndarray:
+    """``tiled_inference`` through a PyTorch model (any tile size the model accepts)."""
+    return tiled_inference(packed, torch_runner(model), tile, overlap, blend=blend, batch=batch, align=align)
+
+
+# --------------------------------------------------------------------------- receptive field
+
+
+def measure_receptive_field(
+    run_batch: RunBatch, size: int | tuple[int, int], channels: int = 4, seeds: tuple[int, ...] = (0, 1),
+    atol: float = 0.0, batch: int = 1,
+) -> ReceptiveField:
+    """The smallest radius ``R`` (packed pixels) such that redrawing every input pixel farther than ``R``
+    from the centre leaves the centre's output unchanged: exactly what a tile's context must cover.
+
+    Redrawing a whole region (not nudging one pixel) cannot be hidden by a ReLU that happens to be off
+    or a max-pool that ignores one value, and it catches global pooling, which makes the centre depend
+    on everything.  ``bounded`` is False when the margin exceeds a quarter of the probe: the probe
+    cannot tell a wide field from a global one then, and tiles of that size would be mostly context.
+    The test is monotone in ``R``, so a binary search needs ~log2(size) runs per seed.  Any change
+    counts (``atol=0``): a float kernel computes an output from the same inputs bit-identically.
+    Inputs are uniform in [0, 1] so quantized models see their calibrated range; ``batch`` fills a
+    fixed model batch.
+    """
+    ph, pw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    cy, cx = ph // 2, pw // 2
+    largest = min(cy, cx, ph - 1 - cy, pw - 1 - cx) - 1  # beyond this the redrawn region is empty
+    if largest < 0:
+        raise ValueError(f"receptive-field probe of {ph}x{pw} packed pixels is too small (need at least 4x4)")
+    rows, cols = np.mgrid[0:ph, 0:pw]
+    distance = np.maximum(np.abs(rows - cy), np.abs(cols - cx))
+    margin = 0
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        base = rng.uniform(0.0, 1.0, (channels, ph, pw)).astype(np.float32)
+        other = rng.uniform(0.0, 1.0, (channels, ph, pw)).astype(np.float32)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            fill = (-len(x)) % batch
+            y = np.asarray(run_batch(np.concatenate([x, np.repeat(x[-1:], fill, axis=0)]) if fill else x))
+            s = y.shape[2] // ph
+            return y[: len(x), :, s * cy : s * (cy + 1), s * cx : s * (cx + 1)]
+
+        reference = run(base[None])[0]
+
+        def unchanged(radius: int) -> bool:
+            moved = np.where(distance > radius, other, base)[None]
+            return bool(np.abs(run(moved)[0] - reference).max() <= atol)
+
+        if unchanged(largest):
+            lo, hi = 0, largest  # the answer lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if unchanged(mid) else (mid + 1, hi)
+        else:
+            lo = largest + 1
+        margin = max(margin, lo)
+    # A global term (a mean over the image) may move the centre by less than a float step when only a
+    # thin border is redrawn, so "found near the border" counts as unbounded, not just "at the border".
+    bounded = margin <= largest // 2
+    return ReceptiveField(margin=margin, bounded=bounded, probe=(ph, pw))
+
+
+def receptive_field_margin(model: nn.Module | RunBatch, size: int = 64, channels: int = 4) -> int:
+    """Packed pixels an output depends on around its own position: the smallest exact ``overlap``.
+
+    Raises ``UnboundedReceptiveFieldError`` when the field reaches past a quarter of the probe (global
+    pooling, or a field too wide for ``size``): then no overlap makes tiling exact; choose one by hand.
+    """
+    run = torch_runner(model) if isinstance(model, nn.Module) else model
+    field = measure_receptive_field(run, size, channels)
+    if not field.bounded:
+        raise UnboundedReceptiveFieldError(
+            f"the centre of a {size}x{size} probe depends on inputs {field.margin} packed pixels away: the model "
+            f"has global pooling or a receptive field too wide for this probe; tiling cannot be exact, pick an "
+            f"overlap by hand (or probe with a larger size)")
+    return field.margin
+

@@ -1,0 +1,99 @@
+"""XNNPACK INT8 rewrites: exact in ONNX (onnxruntime before/after) and the slow ops gone from TFLite.
+
+One tiny net holds every rewritable pattern (PReLU, HardSwish, Clip both-sided and one-sided, Max,
+a standalone Relu after Concat); the slow test converts it before and after the rewrite once each.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from compress.graph_rewrites import REWRITABLE_OPS, rewrite_for_xnnpack_int8
+from compress.onnx_export import export_onnx
+
+SHAPE = (1, 4, 16, 16)
+SLOW_INT8_OPS = {"PRELU", "HARD_SWISH", "MINIMUM", "MAXIMUM", "RELU"}
+
+
+class AllPatterns(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 12, 3, padding=1)
+        self.prelu = nn.PReLU(8)
+        self.hswish = nn.Hardswish()
+        with torch.no_grad():
+            self.prelu.weight.copy_(torch.linspace(-0.3, 0.6, 8))  # per-channel, one negative slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.prelu(self.c1(x))
+        z = self.hswish(self.c2(y))
+        w = torch.clamp(z, -0.5, 1.0) + torch.maximum(z, y) - torch.clamp(y, max=0.25) + torch.clamp(z, min=-0.1)
+        w = torch.relu(torch.cat([w, y], 1)[:, :8])  # a Relu TFLite cannot fuse into the op before it
+        return nn.functional.pixel_shuffle(self.c3(w), 2)
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"raw": x})[0]
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, int]]:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("rewrites")
+    before = export_onnx(AllPatterns().eval(), folder / "before.onnx", SHAPE)
+    after = folder / "after.onnx"
+    shutil.copy(before, after)
+    return before, after, rewrite_for_xnnpack_int8(after)
+
+
+def test_rewrite_counts_every_pattern(onnx_pair: tuple[Path, Path, dict[str, int]]) -> None:
+    _, after, counts = onnx_pair
+    assert counts == {"PRelu": 1, "HardSwish": 1, "Clip": 3, "Max": 1, "Relu": 1}
+    import onnx
+
+    left = {n.op_type for n in onnx.load(str(after)).graph.node}
+    assert not left & {"PRelu", "HardSwish", "Clip", "Max"}
+    assert rewrite_for_xnnpack_int8(after) == {}  # nothing left to rewrite: idempotent
+
+
+def test_rewrite_is_numerically_equivalent(onnx_pair: tuple[Path, Path, dict[str, int]]) -> None:
+    before, after, _ = onnx_pair
+    x = (3.0 * np.random.default_rng(0).standard_normal(SHAPE)).astype(np.float32)  # both sides of every kink
+    want, got = _run(before, x), _run(after, x)
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_relu_and_relu6_are_left_alone(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6())
+    path = export_onnx(net.eval(), tmp_path / "fused.onnx", SHAPE)
+    assert rewrite_for_xnnpack_int8(path) == {}
+
+
+def test_unknown_op_is_a_clear_error(onnx_pair: tuple[Path, Path, dict[str, int]]) -> None:
+    with pytest.raises(ValueError, match="no XNNPACK INT8 rewrite for \\['Tanh'\\]"):
+        rewrite_for_xnnpack_int8(onnx_pair[1], ops=[*REWRITABLE_OPS, "Tanh"])
+
+
+@pytest.mark.slow
+def test_int8_tflite_runs_wholly_on_xnnpack_after_rewrite(onnx_pair: tuple[Path, Path, dict[str, int]],
+                                                         tmp_path: Path) -> None:
+    from compress.tflite import convert_onnx_to_tflite, tflite_ops
+    from compress.xnnpack import xnnpack_report
+
+    before, after, _ = onnx_pair
+    frames = np.random.default_rng(1).standard_normal((4, *SHAPE[1:])).astype(np.float32)
+    old = convert_onnx_to_tflite(before, tmp_path / "before", frames, modes=["int8"])["int8"]
+    new = convert_onnx_to_tflite(after, tmp_path / "after", frames, modes=["int8"])["int8"]
+    old_report = xnnpack_report(old)
+    assert SLOW_INT8_OPS <= set(old_report["undelegated"]) and old_report["partitions"] > 1
+    assert not SLOW_INT8_OPS & set(tflite_ops(new))
+    assert xnnpack_report(new) == {"undelegated": [], "partitions": 1, "ops": len(tflite_ops(new))}

@@ -1,0 +1,91 @@
+"""QAT mirrors TFLite INT8: weights change, the result is a plain float model that exports, and the
+fake-quant graph predicts what TFLite's INT8 model computes."""
+import numpy as np
+import pytest
+import torch
+
+from compress.qat import QATResult, fake_quant_output, prepare_qat, qat_finetune
+from distill.data.datasets import PairedPatchDataset
+from distill.data.embedded import load_embedded
+from distill.trainer import TrainSpec
+from students import create_student
+from students.smallnet import Smallnet
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[PairedPatchDataset, torch.Tensor]:
+    pairs = load_embedded("train", seed=0, max_side=96)
+    dataset = PairedPatchDataset(pairs, patch_size=16, patches_per_image=2, seed=0)
+    calibration = torch.from_numpy(np.stack([p.raw[:, :32, :32] for p in pairs]))
+    return dataset, calibration
+
+
+@pytest.fixture(scope="module")
+def qat_smallnet(data) -> tuple[torch.nn.Module, QATResult]:
+    dataset, calibration = data
+    torch.manual_seed(0)
+    model = create_student("smallnet", width=8).eval()
+    spec = TrainSpec(steps=6, lr=1e-3, batch_size=4, log_every=1)
+    return model, qat_finetune(model, dataset, spec, calibration=calibration, kd_weight=0.5, seed=0)
+
+
+def test_qat_changes_weights_and_returns_the_same_float_class(qat_smallnet) -> None:
+    model, result = qat_smallnet
+    tuned = result.model
+    assert type(tuned) is Smallnet and tuned is not model
+    assert tuned.state_dict().keys() == model.state_dict().keys()
+    assert not torch.equal(tuned.conv1.weight, model.conv1.weight)
+    assert all(p.dtype == torch.float32 for p in tuned.parameters())
+    assert result.freeze_step == 4 and len(result.history) == 6
+    assert {"loss", "l1", "kd_output"} <= result.history[0].keys()
+    assert 20.0 < result.fake_quant_psnr_start < 80.0  # quantization costs something, but not everything
+
+
+def test_qat_with_batchnorm_keeps_and_freezes_bn_statistics(data) -> None:
+    dataset, calibration = data
+    torch.manual_seed(0)
+    model = create_student("smallnet", width=8, batch_norm=True).eval()
+    result = qat_finetune(model, dataset, TrainSpec(steps=4, batch_size=2, log_every=10), calibration=calibration,
+                          freeze_fraction=0.5)
+    assert not torch.equal(result.model.bn1.running_mean, model.bn1.running_mean)  # updated in the first half
+    assert not torch.equal(result.model.conv2.weight, model.conv2.weight)
+
+
+def test_fake_quant_is_tflite_like_per_channel_narrow_weights(data) -> None:
+    _, calibration = data
+    prepared = prepare_qat(create_student("smallnet", width=8).eval(), calibration[:1])
+    fake_quants = [m for m in prepared.modules() if type(m).__name__ == "FakeQuantize"]
+    weights = [m for m in fake_quants if m.qscheme == torch.per_channel_symmetric]
+    acts = [m for m in fake_quants if m.qscheme == torch.per_tensor_affine]
+    assert len(weights) == 3 and all((m.quant_min, m.quant_max) == (-127, 127) for m in weights)
+    # input, conv1 (before tanh), conv2+relu, conv3+relu: conv-relu pairs are fused as in TFLite
+    assert len(acts) == 4 and all((m.quant_min, m.quant_max) == (-128, 127) for m in acts)
+    fixed = [m for m in prepared.modules() if type(m).__name__ == "FixedQParamsFakeQuantize"]
+    assert [(float(m.scale), int(m.zero_point)) for m in fixed] == [(1 / 128, 0)]  # TFLite's TANH output
+
+
+def test_qat_rejects_bad_calibration(data) -> None:
+    dataset, _ = data
+    with pytest.raises(ValueError, match="NCHW"):
+        qat_finetune(create_student("smallnet", width=8), dataset, TrainSpec(steps=1), calibration=torch.rand(4, 8, 8))
+
+
+@pytest.mark.slow
+def test_fake_quant_output_is_close_to_tflite_int8_and_model_exports(tmp_path, data, qat_smallnet) -> None:
+    from compress.onnx_export import export_onnx
+    from compress.parity import psnr_db, run_tflite
+    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite
+
+    _, calibration = data
+    _, result = qat_smallnet
+    onnx_path = export_onnx(result.model, tmp_path / "qat.onnx", (1, 4, 32, 32))
+    tflite = convert_onnx_to_tflite(onnx_path, tmp_path, calibration.numpy(), int8_io=False, modes=["int8"])
+    assert_builtin_only(tflite["int8"])
+    x = calibration.numpy()
+    int8 = run_tflite(tflite["int8"], x)
+    fake = fake_quant_output(result.prepared, calibration).numpy()
+    with torch.no_grad():
+        float_out = result.model(calibration).numpy()
+    # the fake-quant graph predicts TFLite's INT8 output better than the float model does
+    assert psnr_db(int8, fake) > psnr_db(int8, float_out) + 3.0
+    assert psnr_db(int8, fake) > 40.0

@@ -1,0 +1,122 @@
+"""Every TFLite post-training variant converts, stays builtin-only, runs and tracks the float model.
+
+One onnx2tf conversion of a tiny Smallnet (width 16: its two larger convs have >= 1024 weights, so
+dynamic-range quantization has something to quantize) builds all modes; a second one builds the
+uncalibrated modes without calibration frames.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.calibration import calibration_crops
+from compress.latency import tflite_latency_ms
+from compress.onnx_export import export_onnx
+from compress.parity import psnr_db, run_tflite
+from compress.tflite import QUANT_MODES, assert_builtin_only, convert_onnx_to_tflite, tflite_io_details
+from students import create_student
+
+SHAPE = (1, 4, 32, 32)
+MODES = ("int8", "int16x8", "float16", "dynamic")
+MIN_PARITY_DB = {"fp32": 60.0, "float16": 50.0, "int16x8": 45.0, "int8": 30.0, "dynamic": 30.0}
+
+
+def frames(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, *SHAPE[1:]), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def smallnet16() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_student("smallnet", width=16).eval()
+
+
+@pytest.fixture(scope="session")
+def variants_onnx(smallnet16: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(smallnet16, tmp_path_factory.mktemp("variants") / "net.onnx", SHAPE)
+
+
+@pytest.fixture(scope="session")
+def all_variants(variants_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return convert_onnx_to_tflite(variants_onnx, tmp_path_factory.mktemp("variants_tflite"), frames(8, 1),
+                                  int8_io=True, modes=MODES)
+
+
+def test_dynamic_is_a_known_uncalibrated_mode() -> None:
+    assert QUANT_MODES["dynamic"] is False and QUANT_MODES["float16"] is False
+    assert QUANT_MODES["int8"] is True and QUANT_MODES["int16x8"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fp32", *MODES])
+def test_each_variant_is_builtin_only_runs_and_tracks_pytorch(
+        mode: str, all_variants: dict[str, Path], smallnet16: torch.nn.Module) -> None:
+    path = all_variants[mode]
+    assert path.name == f"net_{mode}.tflite"
+    assert_builtin_only(path)
+    x = frames(3, 5)
+    out = run_tflite(path, x)
+    assert out.shape == (3, 3, 64, 64) and np.isfinite(out).all()
+    with torch.no_grad():
+        reference = smallnet16(torch.from_numpy(x)).numpy()
+    assert psnr_db(out, reference) >= MIN_PARITY_DB[mode], mode
+    assert tflite_latency_ms(path, num_threads=1, warmup=1, runs=2)["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_io_dtypes_and_sizes_follow_the_mode(all_variants: dict[str, Path]) -> None:
+    dtypes = {m: tflite_io_details(p)["inputs"][0]["dtype"] for m, p in all_variants.items()}
+    assert dtypes == {"fp32": "float32", "int8": "int8", "int16x8": "float32", "float16": "float32",
+                      "dynamic": "float32"}
+    size = {m: p.stat().st_size for m, p in all_variants.items()}
+    assert size["int8"] < size["float16"] < size["fp32"]
+    assert size["dynamic"] < size["fp32"]  # the two 16-channel convs got int8 weights
+
+
+@pytest.mark.slow
+def test_float16_and_dynamic_need_no_calibration(variants_onnx: Path, all_variants: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    built = convert_onnx_to_tflite(variants_onnx, tmp_path, None, modes=("float16", "dynamic"))
+    assert sorted(built) == ["dynamic", "float16", "fp32"]
+    x = frames(2, 9)
+    for mode in ("float16", "dynamic"):  # the frames given to the first conversion played no part
+        np.testing.assert_array_equal(run_tflite(built[mode], x), run_tflite(all_variants[mode], x), err_msg=mode)
+
+
+def test_calibrated_modes_without_frames_and_unknown_modes_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="need calibration frames"):
+        convert_onnx_to_tflite(tmp_path / "missing.onnx", tmp_path, None, modes=("int16x8",))
+    with pytest.raises(ValueError, match="unknown TFLite mode"):
+        convert_onnx_to_tflite(tmp_path / "missing.onnx", tmp_path, None, modes=("int4",))
+
+
+# --- calibration frame selection ----------------------------------------------------------------
+
+def _image(level: float, gradient: bool) -> np.ndarray:
+    """A 4 x 32 x 64 packed image: constant ``level`` or a left-to-right ramp from 0 to 1."""
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32)[None, None, :] if gradient else np.float32(level)
+    return np.broadcast_to(ramp, (4, 32, 64)).astype(np.float32)
+
+
+def test_spread_visits_every_image_and_covers_its_brightness_range() -> None:
+    images = [_image(0.0, True), _image(0.9, False), _image(0.1, False)]
+    crops = calibration_crops(images, 7, (16, 16), "spread")
+    assert crops.shape == (7, 4, 16, 16) and crops.dtype == np.float32
+    means = crops.mean(axis=(1, 2, 3))
+    # round robin: ramp, bright, dark, ramp, bright, dark, ramp
+    np.testing.assert_allclose(means[[1, 4]], 0.9, atol=1e-6)
+    np.testing.assert_allclose(means[[2, 5]], 0.1, atol=1e-6)
+    ramp_means = means[[0, 3, 6]]
+    assert ramp_means[0] < 0.3 and ramp_means[2] > 0.7 and ramp_means[0] < ramp_means[1] < ramp_means[2]
+
+
+def test_random_selection_is_seeded_and_both_skip_small_images() -> None:
+    images = [_image(0.0, True), np.zeros((4, 8, 8), np.float32)]
+    a = calibration_crops(images, 4, (16, 16), "random", seed=3)
+    np.testing.assert_array_equal(a, calibration_crops(images, 4, (16, 16), "random", seed=3))
+    assert not np.array_equal(a, calibration_crops(images, 4, (16, 16), "random", seed=4))
+    with pytest.raises(ValueError, match="at least 40x40"):
+        calibration_crops(images, 4, (40, 40), "spread")
