@@ -196,7 +196,8 @@ def _float_model(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
 
 
 def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path | None = None) -> dict[str, Any]:
-    from compress.inc_quant import inc_autotune, torch_latency_ms
+    from compress.inc_quant import inc_autotune
+    from compress.latency import torch_latency_ms
     from compress.onnx_quant import quantize_onnx
     from compress.parity import run_onnx
     from compress.qat import qat_finetune
@@ -267,8 +268,8 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     start = time.perf_counter()
     inc = inc_autotune(float_model, torch.from_numpy(frames), held.pairs, max_drop_db=BUDGET_DB, max_trials=4)
     timings["inc_s"] = time.perf_counter() - start
-    fp32_lat = torch_latency_ms(float_model, held.shape, THREADS, runs=LATENCY_RUNS, compile=compile_inc)
-    int8_lat = torch_latency_ms(inc.model, held.shape, THREADS, runs=LATENCY_RUNS, compile=compile_inc)
+    fp32_lat, int8_lat = ({n: torch_latency_ms(m, held.shape, n, runs=LATENCY_RUNS, compile=compile_inc)["median_ms"]
+                           for n in THREADS} for m in (float_model, inc.model))
     mode = "compiled" if compile_inc else "eager"
     rows[0].update({f"latency_ms_{n}t": v for n, v in fp32_lat.items()}, latency_mode=mode)
     add("INC int8 (autotune)", "PyTorch", held.score(held.torch_out(inc.model)), float_scores["psnr"],

@@ -8,13 +8,12 @@ within ``max_drop_db`` of the float model, or keeps the best trial when none is.
 
 The converted graph runs in eager PyTorch through reference Q/DQ ops (correct, slow); the x86
 speed-up comes from ``torch.compile`` (inductor lowers Q/DQ + conv to oneDNN int8 kernels), so
-:func:`torch_latency_ms` can time both.  Calibration is on packed RAW frames only.
+:func:`compress.latency.torch_latency_ms` times both.  Calibration is on packed RAW frames only.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,33 +148,3 @@ def inc_autotune(
     trials = trials[1:]  # the first evaluation is INC's float baseline
     return INCResult(model=quantized, psnr_float=psnr_float, psnr_int8=held_out_psnr(quantized, eval_pairs),
                      config=config, trials=trials)
-
-
-def torch_latency_ms(model: nn.Module, input_shape: tuple[int, int, int, int], threads: Sequence[int] = (1, 2),
-                     runs: int = 5, warmup: int = 2, compile: bool = False) -> dict[int, float]:
-    """Median wall-clock ms of one forward at ``input_shape`` per thread count (``torch.set_num_threads``).
-
-    ``compile=True`` times ``torch.compile(model)`` (inductor; the int8 kernels for a converted Q/DQ
-    graph); compilation happens in the warm-up runs and is not counted.
-    """
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1; got {runs}")
-    before = torch.get_num_threads()
-    x = torch.rand(input_shape)
-    fn = torch.compile(model) if compile else model
-    result = {}
-    try:
-        with torch.no_grad():
-            for n in threads:
-                torch.set_num_threads(n)
-                for _ in range(max(warmup, 1 if compile else 0)):
-                    fn(x)
-                times = []
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    fn(x)
-                    times.append((time.perf_counter() - start) * 1e3)
-                result[n] = float(np.median(times))
-    finally:
-        torch.set_num_threads(before)
-    return result

@@ -79,21 +79,29 @@ def onnx_latency_ms(path: Path, num_threads: int = 2, warmup: int = 2, runs: int
 
 
 def torch_latency_ms(model: Any, input_shape: tuple[int, ...], num_threads: int = 2, warmup: int = 2,
-                     runs: int = 10) -> dict[str, float]:
-    """Same figures for PyTorch eager on CPU (``no_grad``, eval mode) with ``num_threads`` threads.
+                     runs: int = 10, compile: bool = False) -> dict[str, float]:
+    """Same figures for PyTorch on CPU (``no_grad``) with ``num_threads`` threads.
 
+    ``compile=True`` times ``torch.compile(model)`` (inductor: the int8 kernels of a Neural Compressor
+    Q/DQ graph); compilation falls in the warm-up runs.  A module that can switch modes is timed in
+    eval mode and given back as it was (an exported PT2E graph cannot switch and is timed as it is).
     ``torch.set_num_threads`` is process-wide, so the previous setting is restored afterwards.
     """
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
-    was_training = model.training
-    model.eval()
+    was_training = bool(getattr(model, "training", False))
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export graphs refuse train()/eval()
+        was_training = False
     x = torch.from_numpy(_random_input(tuple(input_shape), np.dtype(np.float32), np.random.default_rng(0)))
+    fn = torch.compile(model) if compile else model
     try:
         with torch.no_grad():
-            return _summary(lambda: model(x), warmup, runs, num_threads)
+            return _summary(lambda: fn(x), max(warmup, 1) if compile else warmup, runs, num_threads)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
         torch.set_num_threads(previous)

@@ -22,17 +22,15 @@ derives weight scales from the final weights.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from distill.distiller import Distiller
-from distill.trainer import LogFn, TrainSpec, training_batches
+from distill.trainer import LogFn, TrainSpec, train
 
 if TYPE_CHECKING:
     from torch.fx import GraphModule, Node
@@ -305,13 +303,17 @@ def qat_finetune(
     seed: int = 0,
     log: LogFn | None = None,
     desc: str = "qat",
+    checkpoint_path: Path | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> QATResult:
     """Fine-tune ``model`` under TFLite-INT8 fake quantization; returns a float copy with the new weights.
 
     ``calibration``: packed RAW frames (NCHW, the model's input scaling), e.g. the recipe's quantize
     frames.  ``teacher`` (default: a frozen copy of ``model`` itself when ``kd_weight > 0``) adds
     ``kd_weight`` times the output L1 to the float model.  ``spec`` is the usual training block
-    (steps, lr, batch, losses); ``model`` itself is not modified.
+    (steps, lr, batch, losses, device); ``model`` itself is not modified.  The loop is
+    ``distill.trainer.train`` on the fake-quant graph, so QAT runs under torchrun (DDP) and resumes
+    from ``checkpoint_path`` like any training stage.
     """
     from torchao.quantization.pt2e import enable_observer
 
@@ -333,38 +335,20 @@ def qat_finetune(
     kd = None
     if kd_weight > 0:
         kd = Distiller(teacher if teacher is not None else copy.deepcopy(model), output_weight=kd_weight)
-    criterion: Callable[..., tuple[torch.Tensor, dict[str, float]]] = spec.criterion()
-    params = [p for p in prepared.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / max(spec.steps, 1))))
     freeze_step = int(round(spec.steps * (1.0 - freeze_fraction)))
-    result = QATResult(model=model, steps=spec.steps, freeze_step=freeze_step, final_loss=float("nan"),
-                       fake_quant_psnr_start=start_psnr)
-    batches = training_batches(dataset, spec.batch_size, seed)
-    prepared.train()
-    for step in tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True):
+
+    def freeze_at(step: int) -> None:
         if step == freeze_step:  # ranges as TFLite will compute them from the current weights, then fixed
-            calibrate(prepared, calibration)  # also leaves BatchNorm in eval mode: statistics frozen
+            calibrate(prepared, calibration.to(next(prepared.parameters()).device))
             freeze_activation_ranges(prepared)
-        x, target = next(batches)
-        pred = prepared(x)
-        loss, parts = criterion(pred, target)
-        if kd is not None:
-            kd_loss, kd_parts = kd.loss(pred, x, target)
-            parts.update(kd_parts)
-            loss = loss + kd_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step} (terms: {parts})")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        parts["loss"] = result.final_loss = float(loss.detach())
-        if step % spec.log_every == 0 or step == spec.steps - 1:
-            result.history.append({"step": step, **parts})
-            if log:
-                log({f"qat_{k}": v for k, v in parts.items()}, step)
+        if step >= freeze_step:
+            prepared.eval()  # BatchNorm statistics frozen (also after a resume past the freeze step)
+
+    prefixed = (lambda metrics, step: log({f"qat_{k}": v for k, v in metrics.items()}, step)) if log else None
+    trained = train(prepared, dataset, spec, seed=seed, kd=kd, log=prefixed, desc=desc, on_step=freeze_at,
+                    checkpoint_path=checkpoint_path, checkpoint_extra=checkpoint_extra)
+    result = QATResult(model=model, steps=spec.steps, freeze_step=freeze_step, final_loss=trained.final_loss,
+                       fake_quant_psnr_start=start_psnr, history=trained.history)
     calibrate(prepared, calibration)  # the final weights' ranges: what TFLite's conversion will use
     result.model = copy_weights_back(prepared, model)
     with torch.no_grad():

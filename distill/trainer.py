@@ -282,6 +282,7 @@ def train(
     criterion: Callable[[Any, torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps.
 
@@ -294,7 +295,9 @@ def train(
     end (with ``checkpoint_extra``, e.g. the MLflow run id); if one exists, training resumes from it
     exactly (weights, optimiser, scheduler, RNG states, data stream position).  Under torchrun the
     step is DistributedDataParallel over the ranks (each takes its slice of the global batch); only
-    rank 0 logs and writes checkpoints.  The model ends on the CPU in eval mode.
+    rank 0 logs and writes checkpoints.  ``on_step(step)`` runs before each step's forward pass (QAT
+    freezes its ranges there); a resumed run calls it only for the steps still to do.  The model ends on
+    the CPU in eval mode.
     """
     dist_info = distributed.info()
     device = resolve_device(spec.device)
@@ -311,7 +314,7 @@ def train(
     try:
         return _train(model, dataset, spec, seed=seed, kd=kd, log=log, desc=desc, task=task,
                       criterion=criterion, checkpoint_path=checkpoint_path, checkpoint_extra=checkpoint_extra,
-                      device=device, dist_info=dist_info, per_rank=per_rank)
+                      device=device, dist_info=dist_info, per_rank=per_rank, on_step=on_step)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         model.to("cpu")
@@ -326,7 +329,7 @@ def train(
 def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Distiller | None,
            log: LogFn | None, desc: str, task: Task, criterion: Callable | None, checkpoint_path: Path | None,
            checkpoint_extra: dict[str, Any] | None, device: torch.device, dist_info: distributed.DistInfo,
-           per_rank: int) -> TrainResult:
+           per_rank: int, on_step: Callable[[int], None] | None = None) -> TrainResult:
     torch.manual_seed(seed)
     memory = torch.channels_last if spec.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory)
@@ -400,6 +403,8 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
                         extra={**(checkpoint_extra or {}), "final_loss": result.final_loss, "desc": desc})
 
     for step in bar:
+        if on_step is not None:
+            on_step(step)
         x, target = task.inputs_targets(*(first if use_probe and step == 0 else to_device(next(batches))))
         loss, parts = step_module(x, target)
         if not torch.isfinite(loss):

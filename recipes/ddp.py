@@ -1,6 +1,6 @@
 """A recipe under torchrun: rank 0 runs the recipe as usual; the other ranks follow it.
 
-Training stages (teacher, student, prune with its KD fine-tune) run on every rank, DDP inside
+Training stages (teacher, student, prune with its KD fine-tune, quantize with QAT) run on every rank, DDP inside
 ``distill.trainer.train``.  Everything else (export, quantize, hand-off, fold) runs on rank 0 alone
 (``distill.distributed.solo``) while the others wait at a barrier.  Only rank 0 talks to MLflow and
 writes stage folders, checkpoints, ``done.json`` and ``run_state.json``; a follower writes its throw-away
@@ -33,9 +33,14 @@ class NullTracker:
         return lambda *args, **kwargs: None
 
 
-def stage_scope(name: str) -> contextlib.AbstractContextManager[None]:
+def trains(name: str, recipe: Any) -> bool:
+    """Whether the stage trains (all ranks join it): teacher, student, prune, and quantize with QAT."""
+    return name in TRAINING_STAGES or (name == "quantize" and recipe.quantize.qat is not None)
+
+
+def stage_scope(name: str, recipe: Any) -> contextlib.AbstractContextManager[None]:
     """Where rank 0 runs a stage body: with the other ranks for training stages, alone otherwise."""
-    return contextlib.nullcontext() if name in TRAINING_STAGES else distributed.solo()
+    return contextlib.nullcontext() if trains(name, recipe) else distributed.solo()
 
 
 @contextlib.contextmanager
@@ -62,7 +67,7 @@ def follow_recipe(ctx: Any, use_cache: bool, state: Any) -> list[Any]:
         distributed.barrier()
         finished = state.finished(name, key, done) is not None
         cached = finished or (use_cache and done.is_file() and name != "handoff")
-        if name in TRAINING_STAGES and not cached:
+        if trains(name, ctx.recipe) and not cached:
             scratch = ctx.workdir / ".ddp" / f"rank{rank}" / folder.name
             scratch.mkdir(parents=True, exist_ok=True)
             ctx.checkpoint_dir = folder  # read rank 0's checkpoints to resume alike; never written here

@@ -46,14 +46,23 @@ def score_tflite(path: Path, fmt: str, raws: np.ndarray, reference: np.ndarray, 
                  threads: int) -> dict[str, float]:
     """``psnr_<fmt>``, ``ssim_<fmt>``, ``parity_psnr_db_<fmt>``, ``size_kb_<fmt>`` and
     ``rmse_<fmt>_r/_g/_b`` (vs PyTorch) of one ``.tflite``."""
-    from compress.parity import psnr_db, run_tflite
+    from compress.parity import run_tflite
     from compress.profile import size_kb
+
+    scores = score_outputs(run_tflite(path, raws, num_threads=threads), fmt, reference, target)
+    scores[f"size_kb_{fmt}"] = size_kb(path)
+    return scores
+
+
+def score_outputs(out: np.ndarray, fmt: str, reference: np.ndarray, target: torch.Tensor) -> dict[str, float]:
+    """``psnr_<fmt>``/``ssim_<fmt>`` vs ground truth, ``parity_psnr_db_<fmt>`` and ``rmse_<fmt>_r/_g/_b``
+    vs the PyTorch output, for the output of any runtime (NCHW)."""
+    from compress.parity import psnr_db
     from distill.metrics import psnr, ssim
 
-    out = run_tflite(path, raws, num_threads=threads)
     pred = torch.from_numpy(np.clip(out, 0, 1))
     scores = {f"psnr_{fmt}": psnr(pred, target), f"ssim_{fmt}": ssim(pred, target),
-              f"parity_psnr_db_{fmt}": psnr_db(out, reference), f"size_kb_{fmt}": size_kb(path)}
+              f"parity_psnr_db_{fmt}": psnr_db(out, reference)}
     scores.update({f"rmse_{fmt}_{c}": v for c, v in channel_rmse(out, reference).items()})
     return scores
 
@@ -67,18 +76,17 @@ def tflite_psnr(path: Path, raws: np.ndarray, target: torch.Tensor, threads: int
 
 
 def gate_failures(metrics: dict[str, float], quantize: QuantizeStage, fp32_parity_min_db: float) -> list[str]:
-    """One message per quantized variant over its ``quantize.gate`` budget (fp32's parity is checked by
-    the export stage against ``export.parity_min_db``, as before)."""
+    """One message per quantized variant (TFLite and ``quantize.x86``) over its ``quantize.gate`` budget
+    (fp32's parity is checked by the export stage against ``export.parity_min_db``, as before)."""
     failures = []
-    for variant in quantize.built_variants():
-        if variant == "fp32":
-            continue
-        drop = metrics[f"psnr_drop_db_tflite_{variant}"]
+    keyed = [(v, f"tflite_{v}") for v in quantize.built_variants() if v != "fp32"]
+    for variant, fmt in keyed + [(v, v) for v in quantize.x86]:
+        drop = metrics[f"psnr_drop_db_{fmt}"]
         budget = quantize.gate.drop_budget(variant)
         if drop > budget:
             failures.append(f"{variant} PSNR drop {drop:.3f} dB exceeds quantize.gate.max_drop_db.{variant} "
                             f"{budget:g} dB")
-        parity = metrics[f"parity_psnr_db_tflite_{variant}"]
+        parity = metrics[f"parity_psnr_db_{fmt}"]
         floor = quantize.gate.parity_budget(variant, fp32_parity_min_db)
         if parity < floor:
             failures.append(f"{variant} parity vs PyTorch {parity:.2f} dB is below "

@@ -60,9 +60,10 @@ class RunContext:
         return Path(self.outcomes[stage].outputs[name])
 
     def model_dir(self) -> Path:
-        """The newest student model: of the student, prune and fold stages, the one that ran last."""
+        """The newest student model: of the student, prune, fold and quantize (QAT) stages, the one that
+        ran last."""
         for stage in reversed(list(self.outcomes)):
-            if stage in ("fold", "prune", "student") and "model" in self.outcomes[stage].outputs:
+            if stage in ("quantize", "fold", "prune", "student") and "model" in self.outcomes[stage].outputs:
                 return self.output(stage, "model")
         raise StageError("no student model has been produced yet")
 
@@ -97,8 +98,10 @@ def stage_key(name: str, config: Any, recipe: Recipe, upstream: str) -> str:
         "seed": recipe.seed,
         "upstream": upstream,
     }
-    if name == "quantize":  # calibration crops are cut at the export input size
+    if name == "quantize":  # calibration crops are cut at the export input size; variants are export's
         payload["input_size"] = list(recipe.export.input_size)
+        payload["config"] = config.model_dump(mode="json", include={"calibration_frames", "calibration_selection",
+                                                                    "qat"})
     if name == "export":  # export reads the calibration, data and model of earlier stages, and its own size
         payload["quantize"] = recipe.quantize.model_dump(mode="json")
     if name == "handoff":
@@ -238,7 +241,7 @@ def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: boo
             ctx.tracker.log_metrics(metrics)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            with stage_scope(name):
+            with stage_scope(name, ctx.recipe):
                 _seed_stage(ctx.recipe.seed, name)
                 metrics, outputs = fn(ctx, folder)
             from compress.atomic import atomic_write_text  # a full disk: OSError naming done.json, no torn file

@@ -253,10 +253,17 @@ class FoldStage(Strict):
 
 
 TFLiteVariant = Literal["int8", "int16x8", "float16", "dynamic", "fp32"]
-# Default budgets per variant (docs/quantization.md): PSNR drop vs the fp32 TFLite model on the
-# held-out crops, and parity (PSNR) vs the PyTorch model.  fp32's parity gate is export.parity_min_db.
-DEFAULT_MAX_DROP_DB: dict[str, float] = {"int8": 1.0, "int16x8": 0.1, "float16": 0.05, "dynamic": 0.5, "fp32": 0.0}
-DEFAULT_MIN_PARITY_DB: dict[str, float] = {"int8": 30.0, "int16x8": 45.0, "float16": 50.0, "dynamic": 30.0}
+# The x86 path, built next to the TFLite variants: ONNX Runtime QDQ models and Neural Compressor's
+# PT2E static INT8 of the PyTorch model (compress.onnx_quant, compress.inc_quant).
+X86Variant = Literal["onnx_int8", "onnx_int16", "inc_int8"]
+GateVariant = Literal["int8", "int16x8", "float16", "dynamic", "fp32", "onnx_int8", "onnx_int16", "inc_int8"]
+# Default budgets per variant (docs/quantization.md): PSNR drop vs the float model of the same runtime
+# (fp32 TFLite, fp32 ONNX, PyTorch) on the held-out crops, and parity (PSNR) vs the PyTorch model.
+# fp32's parity gate is export.parity_min_db.
+DEFAULT_MAX_DROP_DB: dict[str, float] = {"int8": 1.0, "int16x8": 0.1, "float16": 0.05, "dynamic": 0.5, "fp32": 0.0,
+                                         "onnx_int8": 1.0, "onnx_int16": 0.1, "inc_int8": 1.0}
+DEFAULT_MIN_PARITY_DB: dict[str, float] = {"int8": 30.0, "int16x8": 45.0, "float16": 50.0, "dynamic": 30.0,
+                                           "onnx_int8": 30.0, "onnx_int16": 45.0, "inc_int8": 30.0}
 
 
 class QuantGateSpec(Strict):
@@ -265,9 +272,10 @@ class QuantGateSpec(Strict):
     Give only the variants to change: ``{max_drop_db: {int8: 0.1}}`` keeps the other defaults.
     """
 
-    max_drop_db: dict[TFLiteVariant, float] = Field(
-        default_factory=dict, description="PSNR drop vs the fp32 TFLite model, dB (defaults: DEFAULT_MAX_DROP_DB)")
-    min_parity_db: dict[TFLiteVariant, float] = Field(
+    max_drop_db: dict[GateVariant, float] = Field(
+        default_factory=dict, description="PSNR drop vs the float model of the same runtime, dB "
+                                          "(defaults: DEFAULT_MAX_DROP_DB)")
+    min_parity_db: dict[GateVariant, float] = Field(
         default_factory=dict, description="PSNR vs the PyTorch model, dB (defaults: DEFAULT_MIN_PARITY_DB; "
                                           "fp32 uses export.parity_min_db)")
 
@@ -286,6 +294,17 @@ class SelectiveSpec(Strict):
     max_float_layers: int = Field(8, ge=1, description="give up (the stage fails) after this many float layers")
 
 
+class QATSpec(Strict):
+    """Quantization-aware fine-tune before export (``compress.qat``): TFLite-INT8 fake quantization,
+    optional output KD from the float model; the fine-tuned float weights are what the export converts."""
+
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(steps=100, lr=1e-4),
+                             description="the fine-tune (a few percent of the student's steps, a low lr)")
+    kd_weight: float = Field(0.5, ge=0, description="output L1 to the float model before QAT (0: off)")
+    freeze_fraction: float = Field(0.25, ge=0, le=1,
+                                   description="last fraction of the steps with activation ranges fixed")
+
+
 class QuantizeStage(Strict):
     mode: TFLiteVariant = Field("int8", description="the TFLite variant shipped in the hand-off bundle")
     variants: list[TFLiteVariant] = Field(default_factory=list,
@@ -295,6 +314,13 @@ class QuantizeStage(Strict):
     calibration_selection: Literal["random", "spread"] = Field(
         "random", description="random crops, or crops from every image spread over its brightness range")
     selective: SelectiveSpec | None = Field(None, description="selective precision for the int8 variant")
+    qat: QATSpec | None = Field(None, description="quantization-aware fine-tune before export")
+    x86: list[X86Variant] = Field(default_factory=list,
+                                  description="x86 models scored next to the TFLite ones: onnx_int8, "
+                                              "onnx_int16 (ONNX Runtime QDQ), inc_int8 (Neural Compressor)")
+    inc_max_trials: int = Field(4, ge=1, description="Neural Compressor autotune trials for inc_int8")
+    xnnpack_rewrite: bool = Field(True, description="convert int8 from an ONNX copy with PReLU/HardSwish/"
+                                                    "Clip/Max/Min written in ops XNNPACK runs in INT8")
     gate: QuantGateSpec = Field(default_factory=QuantGateSpec)
 
     @model_validator(mode="after")

@@ -366,10 +366,15 @@ def activation_ranges(model: nn.Module, frames: np.ndarray) -> dict[str, dict[st
 
 
 def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Calibration frames and activation statistics; with ``quantize.qat`` also the quantization-aware
+    fine-tune, whose float model (folded first, as the export ships it) is what the export converts."""
     cfg = ctx.recipe.quantize
-    model, _ = load_model(ctx.model_dir())
+    model, spec = load_model(ctx.model_dir())
     frames = calibration_frames(ctx, cfg.calibration_frames, cfg.calibration_selection)
     np.save(folder / "calibration.npy", frames)
+    model_dir, qat_metrics = ctx.model_dir(), {}
+    if cfg.qat is not None:
+        model, spec, model_dir, qat_metrics = _qat(ctx, folder, model, spec, frames)
     ranges = activation_ranges(model, frames)
     (folder / "activation_ranges.json").write_text(json.dumps(ranges, indent=2))
     ctx.tracker.log_artifact(folder / "activation_ranges.json")
@@ -378,16 +383,40 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dic
         **_quality(ctx, model),
         "params": count_params(model),
         "macs": count_macs(model, _input_shape(ctx.recipe)),
-        "size_kb": size_kb(ctx.model_dir() / "model.pt"),
+        "size_kb": size_kb(model_dir / "model.pt"),
         "calibration_frames": float(len(frames)),
         "calibration_raw_mean": float(frames.mean()),
         "activation_outlier_ratio_max": float(outlier_ratio),
+        **qat_metrics,
     }
     ctx.tracker.log_params({"quant_mode": cfg.mode, "quant_int8_io": cfg.int8_io,
                             "quant_variants": ",".join(cfg.built_variants()),
-                            "quant_calibration_selection": cfg.calibration_selection})
+                            "quant_calibration_selection": cfg.calibration_selection,
+                            "quant_qat": cfg.qat is not None})
     ctx.tracker.log_metrics(metrics)
-    return metrics, {"calibration": str(folder / "calibration.npy"), "model": str(ctx.model_dir())}
+    return metrics, {"calibration": str(folder / "calibration.npy"), "model": str(model_dir)}
+
+
+def _qat(ctx: RunContext, folder: Path, model: nn.Module, spec: ModelSpec, frames: np.ndarray,
+         ) -> tuple[nn.Module, ModelSpec, Path, dict[str, float]]:
+    """``compress.qat.qat_finetune`` on the folded student; saves the fine-tuned float model in the stage."""
+    from compress.qat import qat_finetune
+
+    qat = ctx.recipe.quantize.qat
+    assert qat is not None
+    if not spec.folded:  # fake quantization must see the single convs TFLite will quantize
+        model, _ = fold_model(model)
+        spec = spec.model_copy(update={"folded": True})
+    before = _quality(ctx, model)["psnr"]
+    result = qat_finetune(model, ctx.data.train_set, qat.train, calibration=torch.from_numpy(frames),
+                          kd_weight=qat.kd_weight, freeze_fraction=qat.freeze_fraction, seed=ctx.recipe.seed + 5,
+                          log=_train_log(ctx), **_resumable(ctx, folder, "checkpoint-qat"))
+    model_dir = save_model(result.model, spec, folder / "model")
+    ctx.tracker.log_artifact(model_dir, artifact_path="checkpoint")
+    metrics = {"qat_psnr_before": before, "qat_final_loss": result.final_loss,
+               "qat_fake_quant_psnr_start": float(result.fake_quant_psnr_start or 0.0),
+               "qat_fake_quant_psnr_end": float(result.fake_quant_psnr_end or 0.0)}
+    return result.model, spec, model_dir, metrics
 
 
 def eval_crops(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
@@ -443,8 +472,17 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
                                    - tflite_psnr(cand, raws, target, threads))
         selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop)
         modes.remove("int8")
-    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io, modes=modes,
-                                    extra=selective)
+    int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
+    separate_int8 = "int8" in variants and int8_source != onnx_path
+    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+                                    modes=[m for m in modes if not (separate_int8 and m == "int8")],
+                                    extra=None if separate_int8 else selective)
+    if separate_int8:  # a second onnx2tf run on the rewritten graph, for the int8 variant alone
+        bar.set_postfix_str(f"onnx2tf -> TFLite int8 (XNNPACK rewrite: {rewrites})")
+        built = convert_onnx_to_tflite(int8_source, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+                                       modes=[] if selective else ["int8"], extra=selective)
+        built.pop("fp32").unlink()
+        tflite["int8"] = built["int8"]
     paths: dict[str, Path] = {"onnx": onnx_path, **{f"tflite_{v}": tflite[v] for v in variants}}
     for v in variants:
         assert_builtin_only(tflite[v])
@@ -466,12 +504,19 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
         for n in thread_counts:
             metrics[f"latency_ms_{fmt}_{n}t"] = tflite_latency_ms(tflite[v], num_threads=n)["median_ms"]
         bar.update()
-    bar.close()
     for v in variants:
         if v != "fp32":
             metrics[f"psnr_drop_db_tflite_{v}"] = metrics["psnr_tflite_fp32"] - metrics[f"psnr_tflite_{v}"]
-    shipped = f"tflite_{qcfg.mode}"
+    metrics.update({f"xnnpack_rewrites_{op.lower()}": float(n) for op, n in rewrites.items()})
     metrics["psnr_pytorch"] = psnr(torch.from_numpy(np.clip(reference, 0, 1)), target)
+    if qcfg.x86:
+        bar.set_postfix_str(f"x86: {', '.join(qcfg.x86)}")
+        x86_metrics, x86_paths = _x86_variants(ctx, model, onnx_path, folder, calibration, raws, reference, target,
+                                               metrics)
+        metrics.update(x86_metrics)
+        paths.update(x86_paths)
+    bar.close()
+    shipped = f"tflite_{qcfg.mode}"
     metrics["params"] = count_params(model)
     metrics["macs"] = count_macs(model, _input_shape(ctx.recipe))
     metrics["size_kb"] = metrics[f"size_kb_{shipped}"]
@@ -509,6 +554,68 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
     outputs.update(io_details=str(folder / "io_details.json"), tflite_shipped=str(tflite[qcfg.mode]),
                    shipped_variant=qcfg.mode)
     return metrics, outputs
+
+
+def _xnnpack_int8_source(onnx_path: Path, folder: Path) -> tuple[Path, dict[str, int]]:
+    """The ONNX file the int8 variant converts from: a copy with the ops XNNPACK leaves out of INT8
+    rewritten exactly (``compress.graph_rewrites``), or ``onnx_path`` itself when nothing needs it
+    (then one onnx2tf run builds every variant).  fp32 and the other variants keep the original graph:
+    the rewrite costs them 10-20 % in float."""
+    import shutil
+
+    from compress.graph_rewrites import rewrite_for_xnnpack_int8
+
+    copy_path = folder / f"{onnx_path.stem}_xnnpack_int8.onnx"
+    shutil.copyfile(onnx_path, copy_path)
+    counts = rewrite_for_xnnpack_int8(copy_path)
+    if not counts:
+        copy_path.unlink()
+        return onnx_path, {}
+    return copy_path, counts
+
+
+def _x86_variants(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, calibration: np.ndarray,
+                  raws: np.ndarray, reference: np.ndarray, target: torch.Tensor,
+                  float_metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, Path]]:
+    """``quantize.x86``: ONNX Runtime QDQ models (an exported format) and Neural Compressor's PT2E INT8
+    of the PyTorch model, scored like the TFLite variants; the drop is against the float model of the
+    same runtime (fp32 ONNX, PyTorch) and latency at ``export.latency_threads``."""
+    from compress.latency import onnx_latency_ms, torch_latency_ms
+    from compress.onnx_quant import quantize_onnx
+    from compress.parity import run_onnx
+    from recipes.quant_gate import score_outputs
+
+    qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
+    metrics: dict[str, float] = {}
+    paths: dict[str, Path] = {}
+    for variant in qcfg.x86:
+        if variant in ("onnx_int8", "onnx_int16"):
+            path = quantize_onnx(onnx_path, folder / f"{onnx_path.stem}_{variant}.onnx", calibration,
+                                 mode=variant.removeprefix("onnx_"))  # type: ignore[arg-type]
+            metrics.update(score_outputs(run_onnx(path, raws), variant, reference, target))
+            metrics[f"size_kb_{variant}"] = size_kb(path)
+            metrics[f"latency_ms_{variant}_{threads}t"] = onnx_latency_ms(path, num_threads=threads)["median_ms"]
+            metrics[f"psnr_drop_db_{variant}"] = float_metrics["psnr_onnx"] - metrics[f"psnr_{variant}"]
+            paths[variant] = path
+        else:
+            from compress.inc_quant import inc_autotune
+
+            pairs = list(zip(torch.from_numpy(raws), target))
+            result = inc_autotune(model, torch.from_numpy(calibration), pairs,
+                                  max_drop_db=qcfg.gate.drop_budget(variant), max_trials=qcfg.inc_max_trials)
+            with torch.no_grad():
+                out = result.model(torch.from_numpy(raws)).numpy()
+            metrics.update(score_outputs(out, variant, reference, target))
+            metrics[f"psnr_drop_db_{variant}"] = float_metrics["psnr_pytorch"] - metrics[f"psnr_{variant}"]
+            metrics["inc_trials"] = float(len(result.trials))
+            shape = _input_shape(ctx.recipe)
+            metrics[f"latency_ms_{variant}_{threads}t"] = torch_latency_ms(result.model, shape, threads)["median_ms"]
+            metrics[f"latency_ms_pytorch_{threads}t"] = torch_latency_ms(model, shape, threads)["median_ms"]
+            config = folder / "inc_int8_config.json"
+            config.write_text(json.dumps({"config": result.config, "trials": result.trials}, indent=2, default=str))
+            ctx.tracker.log_params({"inc_int8_" + k: v for k, v in result.config.items()})
+            ctx.tracker.log_artifact(config, artifact_path="x86")
+    return metrics, paths
 
 
 def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[str, str]]:

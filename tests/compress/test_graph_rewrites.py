@@ -97,3 +97,22 @@ def test_int8_tflite_runs_wholly_on_xnnpack_after_rewrite(onnx_pair: tuple[Path,
     assert SLOW_INT8_OPS <= set(old_report["undelegated"]) and old_report["partitions"] > 1
     assert not SLOW_INT8_OPS & set(tflite_ops(new))
     assert xnnpack_report(new) == {"undelegated": [], "partitions": 1, "ops": len(tflite_ops(new))}
+
+
+def test_export_stage_converts_int8_from_a_rewritten_copy_only_when_needed(tmp_path: Path) -> None:
+    from recipes.stages import _xnnpack_int8_source
+    from students import create_student
+
+    torch.manual_seed(0)
+    original = export_onnx(AllPatterns().eval(), tmp_path / "net.onnx", SHAPE)
+    before = original.read_bytes()
+    source, counts = _xnnpack_int8_source(original, tmp_path)
+    assert source != original and source.parent == tmp_path and counts["PRelu"] == 1 and counts["HardSwish"] == 1
+    assert original.read_bytes() == before  # fp32 and the other variants keep the original graph
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p)).run(None, {"raw": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(source), run(original), atol=1e-5)
+
+    plain = export_onnx(create_student("smallnet", width=8).eval(), tmp_path / "smallnet.onnx", SHAPE)
+    assert _xnnpack_int8_source(plain, tmp_path) == (plain, {})  # nothing to rewrite: one conversion
+    assert not list(tmp_path.glob("smallnet_xnnpack*"))

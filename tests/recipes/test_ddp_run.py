@@ -11,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "run_until=fold", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+    "run_until=quantize", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
     "student.config.width=4", "student.train.steps=4", "student.train.batch_size=2", "student.train.log_every=1",
     "prune.finetune.steps=2", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
-    "data.max_side=128", "export.input_size=[32,32]",
+    "data.max_side=128", "export.input_size=[32,32]", "quantize.calibration_frames=4",
+    "quantize.qat={train: {steps: 2, batch_size: 2, log_every: 1}, kd_weight: 0.5}",
 ]
 
 
@@ -27,10 +28,14 @@ def test_nproc_2_runs_the_recipe_once_logged(tmp_path: Path) -> None:
     assert "on 2 processes" in proc.stdout and proc.stdout.count("MLflow store") == 1  # rank 0 reports
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["quickstart"], output_format="list")
-    assert sorted(r.data.tags.get("stage", "parent") for r in runs) == ["fold", "parent", "prune", "student", "teacher"]
+    assert sorted(r.data.tags.get("stage", "parent") for r in runs) == ["fold", "parent", "prune", "quantize",
+                                                                        "student", "teacher"]
+    client = mlflow.MlflowClient()
     student = next(r for r in runs if r.data.tags.get("stage") == "student")
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(student.info.run_id, "train_loss")]
+    steps = [m.step for m in client.get_metric_history(student.info.run_id, "train_loss")]
     assert steps == [0, 1, 2, 3]  # logged once, by rank 0
+    quantize = next(r for r in runs if r.data.tags.get("stage") == "quantize")  # QAT: DDP on both ranks too
+    assert [m.step for m in client.get_metric_history(quantize.info.run_id, "qat_train_loss")] == [0, 1]
     assert not list((tmp_path / ".ddp").glob("rank1/*")) and not (tmp_path / "run_state.json").exists()
 
 

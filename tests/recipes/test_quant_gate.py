@@ -1,7 +1,7 @@
 """Quantize/export/handoff with every TFLite variant: per-variant metrics, the quality gate and the card.
 
 One tiny recipe (no teacher, no pruning, Smallnet width 8 at 32x32 packed) runs once with all variants,
-spread calibration and selective precision; a second run in the same workdir reuses the student and
+the x86 ones, QAT, spread calibration and selective precision; a second run in the same workdir reuses the student and
 fails the gate with impossible budgets.  Schema checks and the README rendering need no conversion.
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ TINY = ["teacher=null", "prune=null", "student.config={width: 8}", "student.trai
         "student.train.batch_size=2", "student.distill.output_kd=0", "data.patch_size=16",
         "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]",
         "quantize.calibration_frames=4", "quantize.calibration_selection=spread",
-        "quantize.variants=[int16x8, float16, dynamic]", "quantize.selective={max_drop_db: 50}"]
+        "quantize.variants=[int16x8, float16, dynamic]", "quantize.selective={max_drop_db: 50}",
+        "quantize.qat={train: {steps: 4, batch_size: 2, lr: 0.001}, kd_weight: 0.5}",
+        "quantize.x86=[onnx_int8, onnx_int16, inc_int8]", "quantize.inc_max_trials=2"]
+X86 = ["onnx_int8", "onnx_int16", "inc_int8"]
 VARIANTS = ["fp32", "int8", "int16x8", "float16", "dynamic"]
 
 
@@ -53,6 +56,41 @@ def test_every_variant_is_scored_with_per_variant_keys(gated_run: dict) -> None:
 
 
 @pytest.mark.slow
+def test_qat_model_is_what_the_export_converts(gated_run: dict) -> None:
+    from compress.checkpoint import load_model
+
+    outcomes = gated_run["outcomes"]
+    q, m = outcomes["quantize"].metrics, outcomes["export"].metrics
+    qat_model, spec = load_model(Path(outcomes["quantize"].outputs["model"]))
+    student, _ = load_model(Path(outcomes["student"].outputs["model"]))
+    assert spec.folded and Path(outcomes["quantize"].outputs["model"]).is_relative_to(gated_run["workdir"] / "stages")
+    x = torch.rand(1, 4, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(qat_model(x), student(x), atol=1e-6)  # QAT changed the weights
+    assert q["qat_final_loss"] > 0 and 20 < q["qat_fake_quant_psnr_end"] < 100
+    assert q["psnr"] != q["qat_psnr_before"]
+    assert m["psnr_pytorch"] == pytest.approx(q["psnr"], abs=1e-6)  # export scored the QAT model
+
+
+@pytest.mark.slow
+def test_x86_variants_are_scored_next_to_tflite(gated_run: dict) -> None:
+    from compress.onnx_quant import activation_dtypes
+
+    export = gated_run["outcomes"]["export"]
+    m = export.metrics
+    for v in X86:
+        for key in (f"psnr_{v}", f"ssim_{v}", f"parity_psnr_db_{v}", f"psnr_drop_db_{v}", f"latency_ms_{v}_2t",
+                    f"rmse_{v}_r"):
+            assert key in m, key
+    assert m["psnr_drop_db_onnx_int8"] == pytest.approx(m["psnr_onnx"] - m["psnr_onnx_int8"])
+    assert m["psnr_drop_db_inc_int8"] == pytest.approx(m["psnr_pytorch"] - m["psnr_inc_int8"])
+    assert m["parity_psnr_db_onnx_int16"] > m["parity_psnr_db_onnx_int8"] > 20  # 16-bit activations are closer
+    assert m["latency_ms_pytorch_2t"] > 0 and 1 <= m["inc_trials"] <= 2
+    assert activation_dtypes(Path(export.outputs["onnx_int8"])) == {"uint8"}
+    assert activation_dtypes(Path(export.outputs["onnx_int16"])) == {"int16"}
+
+
+@pytest.mark.slow
 def test_card_lists_variants_precision_calibration_size_rules_and_hash(gated_run: dict) -> None:
     bundle = Path(gated_run["outcomes"]["handoff"].outputs["bundle"])
     card = json.loads((bundle / "model_card.json").read_text())
@@ -74,12 +112,14 @@ def test_card_lists_variants_precision_calibration_size_rules_and_hash(gated_run
 @pytest.mark.slow
 def test_a_variant_over_budget_fails_export_and_writes_no_bundle(gated_run: dict) -> None:
     workdir = gated_run["workdir"]
-    strict = [*TINY, "quantize.gate={max_drop_db: {int8: -100}, min_parity_db: {float16: 500}}", "handoff.name=never"]
+    strict = [*TINY, "quantize.gate={max_drop_db: {int8: -100, onnx_int8: -100}, min_parity_db: {float16: 500}}",
+              "handoff.name=never"]
     recipe, path = load_recipe("quickstart", strict)
     with pytest.raises(StageError) as info:
         run_recipe(recipe, path, workdir)
     message = str(info.value)
     assert "int8 PSNR drop" in message and "quantize.gate.max_drop_db.int8 -100 dB" in message
+    assert "onnx_int8 PSNR drop" in message and "quantize.gate.max_drop_db.onnx_int8 -100 dB" in message
     assert "float16 parity vs PyTorch" in message and "quantize.gate.min_parity_db.float16 500 dB" in message
     assert "no bundle" in message
     assert not (workdir / "handoff" / "never").exists() and not list((workdir / "handoff").glob(".never*"))
