@@ -19,11 +19,13 @@ Re-quantizing uses ``mlir_quantize`` on the calibrated model, which is what the 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,37 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
+@contextlib.contextmanager
+def _debugger_without_xnnpack() -> Iterator[None]:
+    """Make TF's quantization debugger run its models on TFLite's builtin kernels, not XNNPACK.
+
+    The debugger's instrumented model is quantized from the raw calibration ranges, so a unit that
+    never fires on the calibration frames keeps a ~1e-8 output scale there (``compress.tflite``
+    repairs that only in the files it writes); XNNPACK rejects such a conv and the debugger fails
+    with "failed to create XNNPACK runtime".  The builtin kernels run any scale and compute the same
+    per-layer errors, so the debugger module's interpreter class is swapped for one that skips the
+    default delegates while the debugger is built and run.
+    """
+    from tensorflow.lite.python import interpreter as tf_interpreter
+    from tensorflow.lite.tools.optimize.debugging.python import debugger as tf_debugger
+
+    class BuiltinInterpreter(tf_interpreter.Interpreter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("experimental_op_resolver_type",
+                              tf_interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            # the debugger reads intermediate tensors after invoke; without a delegate holding them
+            # the arena reuses their memory, so keep them all
+            kwargs["experimental_preserve_all_tensors"] = True
+            super().__init__(*args, **kwargs)
+
+    original = tf_debugger._interpreter  # noqa: SLF001 - the debugger has no delegate option
+    tf_debugger._interpreter = types.SimpleNamespace(Interpreter=BuiltinInterpreter)  # noqa: SLF001
+    try:
+        yield
+    finally:
+        tf_debugger._interpreter = original  # noqa: SLF001
+
+
 def layer_errors(factory: ConverterFactory) -> tuple[Any, list[LayerError]]:
     """Run TensorFlow's quantization debugger on the calibration frames.
 
@@ -85,9 +118,10 @@ def layer_errors(factory: ConverterFactory) -> tuple[Any, list[LayerError]]:
         layer_direct_compare_metrics={"float_power": lambda f, _q, _s, _z: float(np.mean(np.square(f)))})
     with warnings.catch_warnings():  # the debugger runs TF's own (deprecated) interpreter internally
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated", category=UserWarning)
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=factory.converter("int8"), debug_dataset=factory.representative(), debug_options=options)
-        debugger.run()
+        with _debugger_without_xnnpack():
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=factory.converter("int8"), debug_dataset=factory.representative(), debug_options=options)
+            debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)  # the public view: op, tensor name, scale and the metrics
     layers = []

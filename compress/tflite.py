@@ -11,6 +11,7 @@ that convert; inspecting a finished ``.tflite`` needs only ai-edge-litert.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -205,7 +206,7 @@ class ConverterFactory:
         return _representative(self.frames, self.batch)
 
     def finish(self, flatbuffer: bytes) -> bytes:
-        return _rename_io(flatbuffer, self.input_names, self.output_names)
+        return requantize_biases(widen_degenerate_scales(_rename_io(flatbuffer, self.input_names, self.output_names)))
 
 
 ExtraBuild = Callable[[ConverterFactory, dict[str, Path], Path], dict[str, Path]]
@@ -348,6 +349,119 @@ def _rename_io(flatbuffer: bytes, input_names: Sequence[str], output_names: Sequ
     for index, name in [*zip(graph.inputs, input_names), *zip(graph.outputs, output_names)]:
         graph.tensors[index].name = name.encode()
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# op -> (input, weight, bias) operand positions of the ops whose bias scale must be input x weight scale
+_BIASED_OPS = {"CONV_2D": (0, 1, 2), "DEPTHWISE_CONV_2D": (0, 1, 2), "FULLY_CONNECTED": (0, 1, 2),
+               "TRANSPOSE_CONV": (2, 1, 3)}
+_BIAS_DTYPES = {2: np.int32, 4: np.int64}  # schema TensorType INT32, INT64
+
+
+XNNPACK_MAX_REQUANT = 256.0  # XNNPACK rejects a quantized conv whose input x weight / output scale is not below this
+
+
+def widen_degenerate_scales(flatbuffer: bytes) -> bytes:
+    """Raise an output scale that is far finer than the accumulator that produces it.
+
+    A ReLU unit that never fires on the calibration frames (LW-ISP's channel-attention bottleneck at
+    width 0.25 has one hidden unit) is calibrated to the range [0, 0]; the quantizers then give it a
+    scale of ~1e-8 (int8, MLIR) or a denormal ~1e-43 (16x8).  The requantization multiplier
+    ``input_scale * weight_scale / output_scale`` of the op producing it is then ~1e4 (int8) to
+    ~1e36, which XNNPACK rejects: the interpreter aborts ("double free or corruption", ai-edge-litert
+    2.3) and TF's quantization debugger fails to prepare.  For such a tensor (multiplier at least
+    ``XNNPACK_MAX_REQUANT``, produced by a conv / fully connected op and read only as the data input
+    of such ops) the output scale becomes ``input_scale * max(weight_scale)``, one accumulator step:
+    zero (the only calibrated value, zero point kept) stays exact, nothing finer than the accumulator
+    is lost, and the range only grows.  The readers' biases are re-scaled by ``requantize_biases``.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    changed = False
+    for graph in model.subgraphs:
+        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+        readers: dict[int, list[tuple[str, int]]] = {}
+        for name, op in zip(names, graph.operators):
+            for slot, index in enumerate(op.inputs):
+                readers.setdefault(int(index), []).append((name, slot))
+        outputs = {int(i) for i in graph.outputs}
+        for name, op in zip(names, graph.operators):
+            if name not in _BIASED_OPS or len(op.outputs) != 1:
+                continue
+            x, w = (int(op.inputs[i]) for i in _BIASED_OPS[name][:2])
+            out = int(op.outputs[0])
+            xq, wq, oq = (graph.tensors[t].quantization for t in (x, w, out))
+            if any(q is None or q.scale is None or len(q.scale) == 0 for q in (xq, wq, oq)) or len(oq.scale) != 1:
+                continue
+            step = float(xq.scale[0]) * float(np.max(wq.scale))
+            if not step > 0 or float(oq.scale[0]) * XNNPACK_MAX_REQUANT > step:
+                continue
+            if out in outputs or not all(r in _BIASED_OPS and slot == _BIASED_OPS[r][0]
+                                         for r, slot in readers.get(out, [])):
+                continue
+            oq.scale = np.asarray([step], dtype=np.float32)
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
+
+
+def requantize_biases(flatbuffer: bytes) -> bytes:
+    """Give every quantized conv / fully connected op a bias quantized at its own input x weight scale.
+
+    TFLite's 16x8 quantizer (``calibrate_and_quantize``, TF 2.21) quantizes a bias tensor that two ops
+    share (one PyTorch module applied twice, e.g. LW-ISP's shared CCB sub-pixel conv) once, with the
+    *first* op's input scale, and the second op reads it as if at its own: its bias comes out scaled
+    by the ratio of the two input scales (a silent error of up to ~6x here).  The kernels add the raw
+    integer bias to the ``input_scale * weight_scale`` accumulator, so this rewrite gives each op
+    whose bias scale differs from that product its own correctly scaled copy (real value kept up to
+    the rounding of the old scale, which is finer than one accumulator step).  Models where every
+    bias already fits (the int8 MLIR quantizer duplicates shared biases itself) come back unchanged.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    changed = False
+    for graph in model.subgraphs:
+        uses: dict[int, int] = {}
+        for op in graph.operators:
+            for index in op.inputs:
+                uses[int(index)] = uses.get(int(index), 0) + 1
+        for op in graph.operators:
+            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            if name not in _BIASED_OPS or len(op.inputs) <= _BIASED_OPS[name][2]:
+                continue
+            slots = _BIASED_OPS[name]
+            x, w, b = (int(op.inputs[i]) for i in slots)
+            if min(x, w, b) < 0:
+                continue
+            xq, wq, bias = graph.tensors[x].quantization, graph.tensors[w].quantization, graph.tensors[b]
+            dtype = _BIAS_DTYPES.get(bias.type)
+            if (dtype is None or bias.quantization is None or xq is None or wq is None or xq.scale is None
+                    or wq.scale is None or bias.quantization.scale is None or len(xq.scale) != 1):
+                continue
+            stored = np.asarray(bias.quantization.scale, dtype=np.float64)
+            wanted = float(xq.scale[0]) * np.asarray(wq.scale, dtype=np.float64)
+            data = model.buffers[bias.buffer].data
+            if data is None or len(stored) != len(wanted) or np.allclose(stored, wanted, rtol=1e-5, atol=0):
+                continue
+            values = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=dtype).astype(np.float64)
+            info = np.iinfo(dtype)
+            ints = np.clip(np.round(values * stored / wanted), info.min, info.max).astype(dtype)
+            quant = copy.deepcopy(bias.quantization)
+            quant.scale = wanted.astype(np.float32)
+            buffer = flatbuffer_utils.BufferT()  # a new buffer: the old one may back other tensors
+            buffer.data = np.frombuffer(ints.tobytes(), dtype=np.uint8)
+            model.buffers.append(buffer)
+            if uses.get(b, 0) > 1:  # shared tensor: this op gets its own
+                uses[b] -= 1
+                bias = copy.deepcopy(bias)
+                bias.name = (bias.name or b"bias") + f"_requantized{len(graph.tensors)}".encode()
+                graph.tensors.append(bias)
+                inputs = np.array(op.inputs, copy=True)  # the object API's arrays are read-only views
+                inputs[slots[2]] = len(graph.tensors) - 1
+                op.inputs = inputs
+            bias.buffer, bias.quantization = len(model.buffers) - 1, quant
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
 
 
 def _op_codes(path: Path) -> list[tuple[str, bool]]:
