@@ -268,11 +268,16 @@ def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[st
     """onnx2tf's NHWC Keras model of a simplified copy of ``onnx_path`` (onnx2tf edits files in place).
 
     onnxsim runs through its Python API here: onnx2tf's own step shells out to an ``onnxsim``
-    executable that is missing from PATH whenever the virtualenv is not activated.
+    executable that is missing from PATH whenever the virtualenv is not activated.  Every variant is
+    built from the same graph, after ``compress.graph_rewrites.untie_shared_reduce_extrema`` (exact in
+    float: a channel max read from a shared tensor otherwise makes the INT8 quantizer clip that tensor
+    to the max's range; it cost LW-ISP 0.55 dB).
     """
     import onnx
     import onnx2tf
     import onnxsim
+
+    from compress.graph_rewrites import untie_shared_reduce_extrema
 
     model = onnx.load(str(onnx_path))
     try:
@@ -280,6 +285,7 @@ def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[st
         model = simplified if ok else model
     except Exception:  # simplification is an optimisation; onnx2tf copes with the original graph
         pass
+    untie_shared_reduce_extrema(model)  # exact; keeps the INT8 quantizer from clipping a shared tensor
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     input_names = [i.name for i in inputs]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.graph_rewrites import REWRITABLE_OPS, rewrite_for_xnnpack_int8
+from compress.graph_rewrites import REWRITABLE_OPS, rewrite_for_xnnpack_int8, untie_shared_reduce_extrema
 from compress.onnx_export import export_onnx
 
 SHAPE = (1, 4, 16, 16)
@@ -116,3 +116,64 @@ def test_export_stage_converts_int8_from_a_rewritten_copy_only_when_needed(tmp_p
     plain = export_onnx(create_student("smallnet", width=8).eval(), tmp_path / "smallnet.onnx", SHAPE)
     assert _xnnpack_int8_source(plain, tmp_path) == (plain, {})  # nothing to rewrite: one conversion
     assert not list(tmp_path.glob("smallnet_xnnpack*"))
+
+
+class SharedChannelMax(nn.Module):
+    """CBAM/FGAM spatial attention on a feature the output conv reads too: ``out(e) + sig(conv([mean_c e, max_c e]))``.
+
+    Channel 0's bias keeps the channel max (and mean) positive, so the quantizer's range for them starts
+    at 0 while ``e`` itself is half negative.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Conv2d(4, 8, 3, padding=1)
+        self.spatial = nn.Conv2d(2, 1, 5, padding=2, bias=False)
+        self.out = nn.Conv2d(8, 3, 3, padding=1)
+        with torch.no_grad():
+            self.feat.bias.copy_(torch.tensor([3.0, 0, 0, 0, 0, 0, 0, 0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.feat(x)
+        pooled = torch.cat([e.mean(1, keepdim=True), e.amax(1, keepdim=True), -e.amin(1, keepdim=True)], 1)
+        return self.out(e) + torch.sigmoid(self.spatial(pooled[:, :2]) + 0.1 * pooled[:, 2:])
+
+
+def test_untie_reduce_extrema_is_exact_and_skips_single_reader_reductions(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    before = export_onnx(SharedChannelMax().eval(), tmp_path / "before.onnx", SHAPE)
+    model = onnx.load(str(before))
+    assert untie_shared_reduce_extrema(model) == 2  # the max and the min both read the shared feature
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("ReduceMax") == 1 and ops.count("ReduceMin") == 1 and ops.count("Mul") >= 4
+    after = tmp_path / "after.onnx"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(after))
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_array_equal(_run(after, x), _run(before, x))  # negation is exact
+
+    class ChannelMax(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x).amax(1, keepdim=True)  # the Relu output has one reader: left alone
+
+    single = onnx.load(str(export_onnx(ChannelMax().eval(), tmp_path / "single.onnx", SHAPE)))
+    assert untie_shared_reduce_extrema(single) == 0
+
+
+@pytest.mark.slow
+def test_int8_tflite_keeps_the_negatives_of_a_feature_whose_channel_max_is_taken(tmp_path: Path) -> None:
+    from compress.parity import psnr_db, run_tflite
+    from compress.tflite import convert_onnx_to_tflite
+
+    torch.manual_seed(0)
+    path = export_onnx(SharedChannelMax().eval(), tmp_path / "net.onnx", SHAPE)
+    calibration = np.random.default_rng(1).random((8, *SHAPE[1:]), dtype=np.float32)
+    built = convert_onnx_to_tflite(path, tmp_path / "tflite", calibration, int8_io=True, modes=("int8",))
+    x = np.random.default_rng(3).random((2, *SHAPE[1:]), dtype=np.float32)
+    reference = run_tflite(built["fp32"], x)
+    spread = float(reference.max() - reference.min())
+    # REDUCE_MAX is a same-scale op: untied, the feature was clipped to the max's range [0, ...] (16 dB)
+    parity = psnr_db(run_tflite(built["int8"], x), reference, data_range=spread)
+    assert parity >= 35.0, parity
