@@ -1,6 +1,6 @@
 """Quantization: held-out quality, size and latency of every quantized variant, and does QAT beat PTQ?
 
-    .venv/bin/python -m benchmarks.quant [--models lwisp smallnet] [--scale 1.0] [--compile] [--reuse DIR]
+    .venv/bin/python -m benchmarks.quant [--models lwisp smallnet lwisp_tied] [--scale 1.0] [--compile] [--reuse DIR]
 
 Per student, in one process (seed 0, embedded data, 7 training photos, 2 held-out photos):
 
@@ -25,12 +25,14 @@ INC.  Writes ``benchmarks/results/quant.json`` and a table in ``docs/benchmarks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,33 @@ from benchmarks.report import machine, publish
 MODELS = {
     "lwisp": ({"width": 0.25}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
     "smallnet": ({"width": 16}, {"steps": 600, "lr": 3e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
+    "lwisp_tied": ({"width": 0.25}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
 }
+# A case where INT8 PTQ loses >= 0.2 dB, to see whether QAT beats PTQ there: LW-ISP converted *without*
+# compress.graph_rewrites.untie_shared_reduce_extrema, i.e. as plain onnx2tf + TFLite's INT8 quantizer
+# leave it (three skip tensors clipped to [0, max]; docs/quantization.md).  Not run by default.
+TIED_CHANNEL_MAX = {"lwisp_tied": "lwisp"}
+DEFAULT_MODELS = ["lwisp", "smallnet"]
+
+
+def student_name(name: str) -> str:
+    return TIED_CHANNEL_MAX.get(name, name)
+
+
+@contextlib.contextmanager
+def _converted_as_tflite_leaves_it(name: str) -> Iterator[None]:
+    """For the ``TIED_CHANNEL_MAX`` cases, switch the channel-max untie rewrite off while converting."""
+    if name not in TIED_CHANNEL_MAX:
+        yield
+        return
+    from compress import graph_rewrites
+
+    original = graph_rewrites.untie_shared_reduce_extrema
+    graph_rewrites.untie_shared_reduce_extrema = lambda model: 0  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        graph_rewrites.untie_shared_reduce_extrema = original
 PATCH = 32
 CALIBRATION_FRAMES = 16
 KD_WEIGHT = 0.5
@@ -82,7 +110,7 @@ def _train_float(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
     from students import create_student
 
     torch.manual_seed(0)
-    model = create_student(name, **config)
+    model = create_student(student_name(name), **config)
     train(model, data, TrainSpec(**train_cfg, log_every=10_000), seed=0, desc=f"{name} float")
     return model.eval()
 
@@ -90,9 +118,11 @@ def _train_float(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
 def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     """Float NCHW through TFLite's builtin kernels, without the default XNNPACK delegate.
 
-    ai-edge-litert 2.3.0's XNNPACK delegate aborts the whole process ("double free or corruption")
-    on the INT8 LW-ISP graph; the builtin kernels compute the same quantized arithmetic, so quality
-    is scored with them and XNNPACK is only timed, in a child process (``_tflite_latency``).
+    The builtin kernels are TFLite's reference quantized arithmetic, so quality is scored with them;
+    XNNPACK is only timed, in a child process (``_tflite_latency``): ai-edge-litert 2.3.0's XNNPACK
+    aborted the whole process ("double free or corruption") on an INT8 graph it could not prepare
+    (LW-ISP before ``compress.tflite.widen_degenerate_scales``), and a timing must not take the
+    benchmark down with it.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -184,7 +214,7 @@ def _float_model(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = reuse / f"{name}-{digest}.pt" if reuse is not None else None
     if path is not None and path.exists() and json.loads(path.with_suffix(".json").read_text()) == json.loads(key):
-        model = create_student(name, **config)
+        model = create_student(student_name(name), **config)
         model.load_state_dict(torch.load(path))
         return model.eval(), True
     model = _train_float(name, config, train_cfg, data)
@@ -341,7 +371,8 @@ def publish_result(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
+                        help="lwisp_tied: LW-ISP without the channel-max untie rewrite (PTQ loses ~0.5 dB)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--compile", action="store_true", help="time INC and fp32 PyTorch with torch.compile")
     parser.add_argument("--reuse", type=Path, default=None,
@@ -353,7 +384,8 @@ def main() -> None:
     measured = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            measured.append(measure(name, args.scale, Path(tmp) / name, args.compile, args.reuse))
+            with _converted_as_tflite_leaves_it(name):
+                measured.append(measure(name, args.scale, Path(tmp) / name, args.compile, args.reuse))
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "scale": args.scale,
               "latency_mode": "compiled" if args.compile else "eager", "wall_s": time.perf_counter() - started,
               "summaries": [m["summary"] for m in measured], "rows": [r for m in measured for r in m["rows"]]}
