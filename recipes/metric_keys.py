@@ -20,8 +20,9 @@ SCORE_METRICS = ("mai2021_score", "mai2022_score")
 
 LATENCY_PATTERN = re.compile(r"^latency_ms_(?P<fmt>[a-z0-9_]+)_(?P<threads>\d+)t$")
 HEADLINE_LATENCY_FORMATS = ("fhd", "tflite_int8", "tflite_fp32")
-"""Which latency the scores use, best first: a Full-HD timing if one is logged, else the shipped INT8;
-of several thread counts, the most threads."""
+"""Which latency the scores use, best first: a Full-HD timing if one is logged, else the shipped
+variant's (INT8 unless ``quantize.mode`` says otherwise), else fp32; of several thread counts, the most
+threads."""
 
 
 def latency_key(fmt: str, threads: int) -> str:
@@ -29,11 +30,14 @@ def latency_key(fmt: str, threads: int) -> str:
     return f"latency_ms_{fmt}_{threads}t"
 
 
-def headline_latency_key(keys: Iterable[str]) -> str | None:
-    """The latency metric a trade-off is judged on, among ``keys`` (see ``HEADLINE_LATENCY_FORMATS``)."""
+def headline_latency_key(keys: Iterable[str], shipped: str = "int8") -> str | None:
+    """The latency metric a trade-off is judged on, among ``keys`` (see ``HEADLINE_LATENCY_FORMATS``);
+    ``shipped`` is the TFLite variant in the bundle (``quantize.mode``)."""
     found = [k for k in keys if LATENCY_PATTERN.match(k)]
-    for fmt in HEADLINE_LATENCY_FORMATS:
-        matches = [k for k in found if fmt in LATENCY_PATTERN.match(k)["fmt"]]  # type: ignore[index]
+    formats = tuple(f"tflite_{shipped}" if f == "tflite_int8" else f for f in HEADLINE_LATENCY_FORMATS)
+    for fmt in formats:
+        matches = [k for k in found if fmt == LATENCY_PATTERN.match(k)["fmt"]  # type: ignore[index]
+                   or (fmt == "fhd" and "fhd" in LATENCY_PATTERN.match(k)["fmt"])]  # type: ignore[index]
         if matches:  # the most threads measured: the recipe's latency_threads (1 thread is the extra figure)
             return max(matches, key=lambda k: (int(LATENCY_PATTERN.match(k)["threads"]), k))  # type: ignore[index]
     return None
@@ -57,7 +61,8 @@ def summary_metrics(outcomes: Iterable[Any]) -> dict[str, float]:
     last = next((o for o in reversed(outcomes) if all(k in o.metrics for k in STAGE_METRICS)), None)
     if last is not None:
         summary.update({k: float(last.metrics[k]) for k in STAGE_METRICS})
-        headline = headline_latency_key(summary)
+        shipped = next((o.outputs.get("shipped_variant") for o in outcomes if o.name == "export"), None)
+        headline = headline_latency_key(summary, shipped or "int8")
         if headline is not None:
             summary.update(challenge_scores(summary["psnr"], summary[headline]))
     return summary
