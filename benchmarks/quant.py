@@ -117,21 +117,19 @@ def _train_float(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
     return model.eval()
 
 
-def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
-    """Float NCHW through TFLite's builtin kernels, without the default XNNPACK delegate.
+def _run_tflite(path: Path, x: np.ndarray, builtin: bool = False) -> np.ndarray:
+    """Float NCHW through TFLite as an app runs it: ai-edge-litert with its default XNNPACK delegate.
 
-    The builtin kernels are TFLite's reference quantized arithmetic, so quality is scored with them;
-    XNNPACK is only timed, in a child process (``_tflite_latency``): ai-edge-litert 2.3.0's XNNPACK
-    aborted the whole process ("double free or corruption") on an INT8 graph it could not prepare
-    (LW-ISP before ``compress.tflite.widen_degenerate_scales``), and a timing must not take the
-    benchmark down with it.
+    ``builtin=True`` uses TFLite's own kernels instead (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``), for
+    the reference row: their INT8 LEAKY_RELU floors negative outputs (a -0.25..-0.34 step bias that
+    convs sum up: 0.36 dB on LW-ISP at width 1, none on XNNPACK), so they understate what ships.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from compress.parity import _dequantize, _quantize
 
-    interpreter = Interpreter(model_path=str(path),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
+    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     outputs = []
@@ -278,6 +276,9 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
             extra["float_layers"] = len(selective.float_layers)
         label = {"int8": "int8 PTQ", "int8_selective": "int8 PTQ + selective precision"}.get(key, key)
         add(label, "TFLite", held.score(_run_tflite(files[key], held.raw.numpy())), float_scores["psnr"], **extra)
+        if key == "int8":
+            add("int8 PTQ, builtin kernels (no XNNPACK)", "TFLite",
+                held.score(_run_tflite(files[key], held.raw.numpy(), builtin=True)), float_scores["psnr"])
 
     # QAT and its control: same steps, lr, KD and data; only the fake quantization differs
     ft_spec = TrainSpec(**{**train_cfg, "steps": max(1, train_cfg["steps"] // 4), "lr": train_cfg["lr"] / 10},
@@ -362,8 +363,9 @@ def publish_result(result: dict[str, Any]) -> None:
     intro = (f"Measured {result['date']} on {result['machine']} (shared with other jobs: latencies are noisy), "
              f"step scale {result['scale']}, wall {result['wall_s'] / 60:.1f} min.  Each student trained briefly on "
              "the embedded data (seed 0); PSNR/SSIM on the two whole held-out photos (packed 64x128).  'drop' is "
-             "against the PyTorch float model (QAT and control rows: the original float model).  TFLite int8 has "
-             "int8 I/O; calibration is 16 random RAW training crops for every quantizer.  QAT: "
+             "against the PyTorch float model (QAT and control rows: the original float model).  TFLite models are "
+             "scored as apps run them, with the default XNNPACK delegate (one int8 row also on TFLite's builtin "
+             "kernels, whose INT8 leaky ReLU is biased); TFLite int8 has int8 I/O; calibration is 16 random RAW training crops for every quantizer.  QAT: "
              "`compress.qat.qat_finetune`, a quarter of the training steps at a tenth of the lr with output KD "
              "(0.5); control: the same fine-tune without fake quantization.  INC: PT2E static int8 autotuned "
              f"against a {BUDGET_DB} dB budget, timed in PyTorch ({result['latency_mode']}).  Latency: median of "
