@@ -376,9 +376,10 @@ def widen_degenerate_scales(flatbuffer: bytes) -> bytes:
     ~1e36, which XNNPACK rejects: the interpreter aborts ("double free or corruption", ai-edge-litert
     2.3) and TF's quantization debugger fails to prepare.  For such a tensor (multiplier at least
     ``XNNPACK_MAX_REQUANT``, produced by a conv / fully connected op and read only as the data input
-    of such ops) the output scale becomes ``input_scale * max(weight_scale)``, one accumulator step:
-    zero (the only calibrated value, zero point kept) stays exact, nothing finer than the accumulator
-    is lost, and the range only grows.  The readers' biases are re-scaled by ``requantize_biases``.
+    of such ops, or by a DEQUANTIZE in front of a layer selective precision keeps in float) the output
+    scale becomes ``input_scale * max(weight_scale)``, one accumulator step: zero (the only calibrated
+    value, zero point kept) stays exact, nothing finer than the accumulator is lost, and the range
+    only grows.  The readers' biases are re-scaled by ``requantize_biases``.
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -402,8 +403,8 @@ def widen_degenerate_scales(flatbuffer: bytes) -> bytes:
             step = float(xq.scale[0]) * float(np.max(wq.scale))
             if not step > 0 or float(oq.scale[0]) * XNNPACK_MAX_REQUANT > step:
                 continue
-            if out in outputs or not all(r in _BIASED_OPS and slot == _BIASED_OPS[r][0]
-                                         for r, slot in readers.get(out, [])):
+            if out in outputs or not all((r in _BIASED_OPS and slot == _BIASED_OPS[r][0]) or r == "DEQUANTIZE"
+                                         for r, slot in readers.get(out, [])):  # readers that take any scale
                 continue
             oq.scale = np.asarray([step], dtype=np.float32)
             changed = True

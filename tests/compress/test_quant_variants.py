@@ -16,7 +16,9 @@ from compress.calibration import calibration_crops
 from compress.latency import tflite_latency_ms
 from compress.onnx_export import export_onnx
 from compress.parity import psnr_db, run_tflite
-from compress.tflite import QUANT_MODES, assert_builtin_only, convert_onnx_to_tflite, tflite_io_details
+from compress.selective import layer_errors, quantize_with_float_layers
+from compress.tflite import (QUANT_MODES, ConverterFactory, assert_builtin_only, convert_onnx_to_tflite,
+                             tflite_io_details)
 from students import create_student
 
 SHAPE = (1, 4, 32, 32)
@@ -149,7 +151,20 @@ def trap_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("traps")
     onnx_path = export_onnx(SharedConvDeadUnit().eval(), folder / "traps.onnx", (1, 4, 16, 16))
     calibration = np.random.default_rng(1).random((8, 4, 16, 16), dtype=np.float32)
-    return convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=True, modes=("int8", "int16x8"))
+
+    def float_reader(factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
+        """int8 with every layer but the dead conv in float: a DEQUANTIZE reads the dead unit (selective
+        precision builds such graphs), and it must not keep the dead unit's degenerate scale either."""
+        debugger, layers = layer_errors(factory)
+        dead = min(layers, key=lambda layer: layer.scale)
+        assert dead.op == "CONV_2D" and dead.scale < 1e-6  # the raw calibration gives it ~1e-8
+        path = work / "float_reader.tflite"
+        path.write_bytes(quantize_with_float_layers(factory, debugger.calibrated_model,
+                                                    [layer.name for layer in layers if layer is not dead]))
+        return {"int8_float_reader": path}
+
+    return convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=True, modes=("int8", "int16x8"),
+                                  extra=float_reader)
 
 
 @pytest.mark.slow
@@ -161,7 +176,8 @@ def test_int16x8_shared_conv_gets_a_bias_at_its_own_input_scale(trap_variants: d
 
 
 @pytest.mark.slow
-def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path]) -> None:
+@pytest.mark.parametrize("variant", ["int8", "int8_float_reader"])
+def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path], variant: str) -> None:
     import subprocess
     import sys
 
@@ -169,7 +185,7 @@ def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path]) -
     code = ("import sys, numpy as np; from compress.xnnpack import xnnpack_report; from compress.parity import "
             "run_tflite; print(xnnpack_report(sys.argv[1])['partitions']); "
             "print(float(np.abs(run_tflite(sys.argv[1], np.full((1, 4, 16, 16), 0.5, np.float32))).max()))")
-    done = subprocess.run([sys.executable, "-c", code, str(trap_variants["int8"])], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, str(trap_variants[variant])], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert done.returncode == 0, done.stderr[-500:]
     assert int(done.stdout.splitlines()[-2]) >= 1  # XNNPACK took (part of) the graph
