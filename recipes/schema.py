@@ -292,6 +292,8 @@ class SelectiveSpec(Strict):
 
     max_drop_db: float = Field(ge=0, description="PSNR drop vs the fp32 TFLite model the INT8 model must reach")
     max_float_layers: int = Field(8, ge=1, description="give up (the stage fails) after this many float layers")
+    probe: int = Field(8, ge=1, description="layers tried per greedy step, best measured-alone first "
+                                            "(each costs one re-quantization and one evaluation)")
 
 
 class QATSpec(Strict):

@@ -470,7 +470,8 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], dict[
     if qcfg.selective is not None:
         drop = lambda cand, fp32: (tflite_psnr(fp32, raws, target, threads)  # noqa: E731
                                    - tflite_psnr(cand, raws, target, threads))
-        selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop)
+        selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop,
+                                       probe=qcfg.selective.probe)
         modes.remove("int8")
     int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
     separate_int8 = "int8" in variants and int8_source != onnx_path

@@ -1,4 +1,5 @@
-"""Selective precision: per-layer INT8 error from TFLite's debugger, then float layers until a budget holds.
+"""Selective precision: per-layer INT8 error from TFLite's debugger, every layer's measured drop when kept in
+float, then a greedy search for float layers until a budget holds.
 
 One onnx2tf conversion runs three searches inside the ``extra`` hook (same Keras graph, same
 calibration): an unlimited budget (the all-INT8 drop), half that drop (needs float layers and must be
@@ -54,7 +55,7 @@ def searches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SelectiveRes
         state["truth"] = fp32_out + rng.normal(0.0, math.sqrt(noise_power), fp32_out.shape).astype(np.float32)
         results["plain"] = search(factory, built["fp32"], drop, work, math.inf, 8)
         budget = results["plain"].drop_db / 2  # type: ignore[union-attr]
-        reached = search(factory, built["fp32"], drop, work, budget, 8)
+        reached = search(factory, built["fp32"], drop, work, budget, 8, probe=3)
         assert reached.path is not None
         results["reached"] = reached
         kept = work / "reached.tflite"
@@ -84,10 +85,16 @@ def test_search_reaches_a_budget_that_needs_float_layers(searches: dict) -> None
     assert reached.reached and reached.drop_db <= plain.int8_drop_db / 2
     assert 1 <= len(reached.float_layers) <= 8
     by_name = {layer.name: layer for layer in reached.layers}
-    first = min((layer for layer in reached.layers if layer.sqnr_db < 80), key=lambda layer: layer.sqnr_db)
-    assert reached.float_layers[0] == first.name  # most sensitive (lowest SQNR) first
+    measured = [layer for layer in reached.layers if layer.float_drop_db is not None]
+    assert len(measured) >= 2 and all(layer.sqnr_db < 80 for layer in measured)  # exact ops are never tried
+    first = min(measured, key=lambda layer: layer.float_drop_db)
+    assert reached.float_layers[0] == first.name  # the layer whose float copy helps most, as measured
+    assert first.float_drop_db < plain.int8_drop_db
     assert all(by_name[name].op != "DEPTH_TO_SPACE" for name in reached.float_layers)
     assert [s["float_layers"] for s in reached.steps] == list(range(len(reached.float_layers) + 1))
+    assert reached.steps[-1]["drop_db"] == reached.drop_db
+    assert reached.steps[0]["tried"] == 1 + len(measured)  # all-int8, then every candidate alone
+    assert all(step["tried"] <= 3 for step in reached.steps[2:])  # probe=3 models per later step
 
 
 @pytest.mark.slow
