@@ -84,11 +84,11 @@ LATENCY_RUNS = 10
 class Held:
     """The held-out photos as one batch (they share one packed size) and scorers for every runtime."""
 
-    def __init__(self) -> None:
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         from benchmarks.distill_gain import held_out_pairs
         from distill.data.embedded import load_embedded
 
-        self.pairs = held_out_pairs(load_embedded("eval", seed=0))
+        self.pairs = held_out_pairs(load_embedded("eval", seed=0)) if pairs is None else pairs
         shapes = {tuple(raw.shape) for raw, _ in self.pairs}
         if len(shapes) != 1:
             raise RuntimeError(f"held-out photos differ in packed size {sorted(shapes)}; the benchmark needs one")
@@ -101,6 +101,19 @@ class Held:
 
         out = torch.as_tensor(np.asarray(out, dtype=np.float32)).clamp(0, 1)
         return {"psnr": psnr(out, self.rgb), "ssim": ssim(out, self.rgb)}
+
+    @classmethod
+    def training_crops(cls, train_pairs: list[Any], shape: tuple[int, ...]) -> "Held":
+        """The centre of every training photo at the held-out size: selective precision searches on the
+        held-out photos (as a recipe searches on its eval crops), and these show whether its choice
+        also holds on photos it did not see."""
+        h, w = shape[-2:]
+        crops = []
+        for p in train_pairs:
+            y, x = (p.raw.shape[1] - h) // 2, (p.raw.shape[2] - w) // 2
+            crops.append((torch.from_numpy(p.raw[:, y : y + h, x : x + w]),
+                          torch.from_numpy(p.rgb[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)])))
+        return cls(crops)
 
     @torch.no_grad()
     def torch_out(self, model: torch.nn.Module) -> torch.Tensor:
@@ -167,16 +180,17 @@ def _size_kb(path: Path) -> float:
     return path.stat().st_size / 1024
 
 
-def _selective(held: Held, fp32_holder: dict[str, float]) -> Any:
-    """``SelectivePrecision`` hook for the int8 build, or None when compress.selective is not there."""
+def _selective(search_set: Held, fp32_holder: dict[str, float]) -> Any:
+    """``SelectivePrecision`` hook for the int8 build (its drops measured on XNNPACK on ``search_set``),
+    or None when compress.selective is not there."""
     try:
         from compress.selective import SelectivePrecision
     except ImportError:
         return None
     def drop_db(candidate: Path, fp32: Path) -> float:
         if "psnr" not in fp32_holder:
-            fp32_holder["psnr"] = held.score(_run_tflite(fp32, held.raw.numpy()))["psnr"]
-        return fp32_holder["psnr"] - held.score(_run_tflite(candidate, held.raw.numpy()))["psnr"]
+            fp32_holder["psnr"] = search_set.score(_run_tflite(fp32, search_set.raw.numpy()))["psnr"]
+        return fp32_holder["psnr"] - search_set.score(_run_tflite(candidate, search_set.raw.numpy()))["psnr"]
 
     return SelectivePrecision(max_drop_db=BUDGET_DB, max_float_layers=4, drop_db=drop_db, key="int8_selective")
 
@@ -191,11 +205,12 @@ def _tflite_rows(model: torch.nn.Module, held: Held, frames: np.ndarray, work: P
     return {"onnx": onnx_path, **convert_onnx_to_tflite(onnx_path, work / "tflite", frames, int8_io=True, modes=modes)}
 
 
-def _selective_row(onnx_path: Path, held: Held, frames: np.ndarray, work: Path) -> tuple[Path | None, Any, str | None]:
+def _selective_row(onnx_path: Path, search_set: Held, frames: np.ndarray,
+                   work: Path) -> tuple[Path | None, Any, str | None]:
     """The selective-precision int8 build in its own conversion, so its failure loses no other row."""
     from compress.tflite import convert_onnx_to_tflite
 
-    hook = _selective(held, {})
+    hook = _selective(search_set, {})
     if hook is None:
         return None, None, "compress.selective not available"
     try:
@@ -229,7 +244,7 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     from compress.inc_quant import inc_autotune
     from compress.latency import torch_latency_ms
     from compress.onnx_quant import quantize_onnx
-    from compress.parity import run_onnx
+    from compress.parity import psnr_db, run_onnx
     from compress.qat import qat_finetune
     from distill.data.datasets import PairedPatchDataset
     from distill.data.embedded import load_embedded
@@ -266,6 +281,11 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     timings["selective_s"] = time.perf_counter() - start
     if selective_path is not None:
         files["int8_selective"] = selective_path
+    crops = Held.training_crops(train_pairs, held.shape)
+    fp32_out = {"held": _run_tflite(files["fp32"], held.raw.numpy()),
+                "crops": _run_tflite(files["fp32"], crops.raw.numpy())}
+    crops_drop: dict[str, float] = {}
+    offsets: dict[str, list[float]] = {}
     for key in ("fp32", "float16", "dynamic", "int16x8", "int8", "int8_selective"):
         if key not in files:
             continue
@@ -275,10 +295,15 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         if key == "int8_selective" and selective is not None:
             extra["float_layers"] = len(selective.float_layers)
         label = {"int8": "int8 PTQ", "int8_selective": "int8 PTQ + selective precision"}.get(key, key)
-        add(label, "TFLite", held.score(_run_tflite(files[key], held.raw.numpy())), float_scores["psnr"], **extra)
-        if key == "int8":
-            add("int8 PTQ, builtin kernels (no XNNPACK)", "TFLite",
-                held.score(_run_tflite(files[key], held.raw.numpy(), builtin=True)), float_scores["psnr"])
+        for builtin in (False, True) if key == "int8" else (False,):
+            out = _run_tflite(files[key], held.raw.numpy(), builtin=builtin)
+            tag = f"{key}_builtin" if builtin else key
+            add(f"{label}, builtin kernels (no XNNPACK)" if builtin else label, "TFLite", held.score(out),
+                float_scores["psnr"], parity_db=psnr_db(out, fp32_out["held"]), **({} if builtin else extra))
+            if key.startswith("int8"):  # is the drop a property of the two held-out photos? the 7 training crops
+                crops_out = _run_tflite(files[key], crops.raw.numpy(), builtin=builtin)
+                crops_drop[tag] = crops.score(fp32_out["crops"])["psnr"] - crops.score(crops_out)["psnr"]
+                offsets[tag] = [float(v) for v in (out - fp32_out["held"]).mean(axis=(0, 2, 3))]
 
     # QAT and its control: same steps, lr, KD and data; only the fake quantization differs
     ft_spec = TrainSpec(**{**train_cfg, "steps": max(1, train_cfg["steps"] // 4), "lr": train_cfg["lr"] / 10},
@@ -296,6 +321,8 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         tuned_files = _tflite_rows(tuned, held, frames, work / tag, ["int8"])
         add(f"{label} -> int8 PTQ", "TFLite", held.score(_run_tflite(tuned_files["int8"], held.raw.numpy())),
             float_scores["psnr"], size_kb=_size_kb(tuned_files["int8"]))
+        add(f"{label} -> int8 PTQ, builtin kernels (no XNNPACK)", "TFLite",
+            held.score(_run_tflite(tuned_files["int8"], held.raw.numpy(), builtin=True)), float_scores["psnr"])
 
     # Intel Neural Compressor (PyTorch, x86)
     start = time.perf_counter()
@@ -321,6 +348,9 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     by = {(r["runtime"], r["variant"]): r for r in rows}
     ptq, qat_row = by[("TFLite", "int8 PTQ")], by[("TFLite", "QAT -> int8 PTQ")]
     control_row = by[("TFLite", "float fine-tune (control) -> int8 PTQ")]
+    builtin = {k: by[("TFLite", f"{v}, builtin kernels (no XNNPACK)")]["drop_db"]
+               for k, v in (("ptq", "int8 PTQ"), ("qat", "QAT -> int8 PTQ"),
+                            ("control", "float fine-tune (control) -> int8 PTQ"))}
     fp32_t, int8_t = by[("TFLite", "fp32")], ptq
     summary = {
         "model": name, "config": config, "train_steps": train_cfg["steps"], "finetune_steps": ft_spec.steps,
@@ -328,11 +358,14 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         "ptq_drop_db": ptq["drop_db"], "qat_drop_db": qat_row["drop_db"], "control_drop_db": control_row["drop_db"],
         "qat_minus_ptq_db": qat_row["psnr"] - ptq["psnr"], "qat_minus_control_db": qat_row["psnr"] - control_row["psnr"],
         "qat_fake_quant_psnr_db": [qat.fake_quant_psnr_start, qat.fake_quant_psnr_end],
+        "builtin_kernels_drop_db": builtin,  # ptq / qat / control int8 on TFLite's own kernels
         "int8_over_fp32_latency": {f"{n}t": int8_t[f"latency_ms_{n}t"] / fp32_t[f"latency_ms_{n}t"] for n in THREADS}
         if f"latency_ms_{THREADS[0]}t" in int8_t and f"latency_ms_{THREADS[0]}t" in fp32_t else None,
         "tflite_latency_errors": {r["variant"]: r["latency_error"] for r in rows if "latency_error" in r},
         "selective_float_layers": selective.float_layers if selective is not None else None,
         "selective_error": selective_error,
+        "int8_drop_on_training_crops_db": crops_drop,  # vs the fp32 TFLite model on the training photos' centres
+        "int8_mean_offset_rgb": offsets,  # mean (int8 - fp32 TFLite) output per channel on the held-out photos
         "inc_config": inc.config, "timings_s": timings,
     }
     return {"summary": summary, "rows": rows}
@@ -343,12 +376,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| model | runtime | variant | PSNR dB | SSIM | drop dB | size KB | ms 1t | ms 2t |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | runtime | variant | PSNR dB | SSIM | drop dB | parity vs fp32 TFLite dB | size KB | ms 1t "
+            "| ms 2t |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rows.append(f"| {r['model']} | {r['runtime']} | {r['variant']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                    f"{r['drop_db']:+.3f} | {_fmt(r.get('size_kb'), '.0f')} | {_fmt(r.get('latency_ms_1t'), '.1f')} | "
-                    f"{_fmt(r.get('latency_ms_2t'), '.1f')} |")
+                    f"{r['drop_db']:+.3f} | {_fmt(r.get('parity_db'), '.1f')} | {_fmt(r.get('size_kb'), '.0f')} | "
+                    f"{_fmt(r.get('latency_ms_1t'), '.1f')} | {_fmt(r.get('latency_ms_2t'), '.1f')} |")
     rows += ["", "| model | train / fine-tune steps | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB | "
              "QAT - PTQ dB | QAT - control dB | TFLite int8/fp32 latency 1t, 2t |", "|---|---|---|---|---|---|---|---|"]
     for s in result["summaries"]:
@@ -356,6 +390,18 @@ def publish_result(result: dict[str, Any]) -> None:
         rows.append(f"| {s['model']} {s['config']} | {s['train_steps']} / {s['finetune_steps']} | {s['ptq_drop_db']:+.3f} | "
                     f"{s['qat_drop_db']:+.3f} | {s['control_drop_db']:+.3f} | {s['qat_minus_ptq_db']:+.3f} | "
                     f"{s['qat_minus_control_db']:+.3f} | {ratio['1t']:.2f}, {ratio['2t']:.2f} |")
+    rows += ["", "The same on TFLite's builtin kernels (no XNNPACK; their INT8 leaky ReLU floors negatives):", "",
+             "| model | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB |", "|---|---|---|---|"]
+    rows += [f"| {s['model']} | {s['builtin_kernels_drop_db']['ptq']:+.3f} | {s['builtin_kernels_drop_db']['qat']:+.3f} "
+             f"| {s['builtin_kernels_drop_db']['control']:+.3f} |" for s in result["summaries"]]
+    rows += ["", "Is an int8 drop a property of the two held-out photos?  The same files on the centres of the 7 "
+             "training photos (drop vs the fp32 TFLite model), and the mean int8 - fp32 output offset on the "
+             "held-out photos (R, G, B, x1e-3):", "",
+             "| model | variant | drop on training crops dB | mean offset held-out x1e-3 |", "|---|---|---|---|"]
+    for s in result["summaries"]:
+        for tag, drop in s.get("int8_drop_on_training_crops_db", {}).items():
+            offset = ", ".join(f"{1e3 * v:+.1f}" for v in s["int8_mean_offset_rgb"][tag])
+            rows.append(f"| {s['model']} | {tag} | {drop:+.3f} | {offset} |")
     rows += [f"\nTFLite {variant} on {s['model']}: {error}" for s in result["summaries"]
              for variant, error in s["tflite_latency_errors"].items()]
     rows += [f"\nSelective precision on {s['model']} failed: `{s['selective_error']}`" for s in result["summaries"]
