@@ -319,10 +319,12 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         tag = "qat" if label == "QAT" else "control"
         add(f"{label} fp32", "PyTorch", held.score(held.torch_out(tuned)), float_scores["psnr"])
         tuned_files = _tflite_rows(tuned, held, frames, work / tag, ["int8"])
-        add(f"{label} -> int8 PTQ", "TFLite", held.score(_run_tflite(tuned_files["int8"], held.raw.numpy())),
-            float_scores["psnr"], size_kb=_size_kb(tuned_files["int8"]))
-        add(f"{label} -> int8 PTQ, builtin kernels (no XNNPACK)", "TFLite",
-            held.score(_run_tflite(tuned_files["int8"], held.raw.numpy(), builtin=True)), float_scores["psnr"])
+        tuned_fp32 = _run_tflite(tuned_files["fp32"], held.raw.numpy())  # parity: what QAT is meant to raise
+        for builtin in (False, True):
+            out = _run_tflite(tuned_files["int8"], held.raw.numpy(), builtin=builtin)
+            add(f"{label} -> int8 PTQ" + (", builtin kernels (no XNNPACK)" if builtin else ""), "TFLite",
+                held.score(out), float_scores["psnr"], parity_db=psnr_db(out, tuned_fp32),
+                **({} if builtin else {"size_kb": _size_kb(tuned_files["int8"])}))
 
     # Intel Neural Compressor (PyTorch, x86)
     start = time.perf_counter()
@@ -348,9 +350,12 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     by = {(r["runtime"], r["variant"]): r for r in rows}
     ptq, qat_row = by[("TFLite", "int8 PTQ")], by[("TFLite", "QAT -> int8 PTQ")]
     control_row = by[("TFLite", "float fine-tune (control) -> int8 PTQ")]
-    builtin = {k: by[("TFLite", f"{v}, builtin kernels (no XNNPACK)")]["drop_db"]
-               for k, v in (("ptq", "int8 PTQ"), ("qat", "QAT -> int8 PTQ"),
-                            ("control", "float fine-tune (control) -> int8 PTQ"))}
+    variants = (("ptq", "int8 PTQ"), ("qat", "QAT -> int8 PTQ"), ("control", "float fine-tune (control) -> int8 PTQ"))
+    builtin = {k: by[("TFLite", f"{v}, builtin kernels (no XNNPACK)")]["drop_db"] for k, v in variants}
+    # int8 vs its own fp32 TFLite model: the quantization error alone, which QAT trains the weights against
+    parity = {f"{k}{suffix}": by[("TFLite", v + suffix)]["parity_db"] for k, v in variants
+              for suffix in ("", ", builtin kernels (no XNNPACK)")}
+    parity = {k.replace(", builtin kernels (no XNNPACK)", "_builtin"): v for k, v in parity.items()}
     fp32_t, int8_t = by[("TFLite", "fp32")], ptq
     summary = {
         "model": name, "config": config, "train_steps": train_cfg["steps"], "finetune_steps": ft_spec.steps,
@@ -359,6 +364,7 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         "qat_minus_ptq_db": qat_row["psnr"] - ptq["psnr"], "qat_minus_control_db": qat_row["psnr"] - control_row["psnr"],
         "qat_fake_quant_psnr_db": [qat.fake_quant_psnr_start, qat.fake_quant_psnr_end],
         "builtin_kernels_drop_db": builtin,  # ptq / qat / control int8 on TFLite's own kernels
+        "int8_parity_db": parity,  # ptq / qat / control int8 vs the fp32 TFLite model of the same weights
         "int8_over_fp32_latency": {f"{n}t": int8_t[f"latency_ms_{n}t"] / fp32_t[f"latency_ms_{n}t"] for n in THREADS}
         if f"latency_ms_{THREADS[0]}t" in int8_t and f"latency_ms_{THREADS[0]}t" in fp32_t else None,
         "tflite_latency_errors": {r["variant"]: r["latency_error"] for r in rows if "latency_error" in r},
@@ -390,10 +396,16 @@ def publish_result(result: dict[str, Any]) -> None:
         rows.append(f"| {s['model']} {s['config']} | {s['train_steps']} / {s['finetune_steps']} | {s['ptq_drop_db']:+.3f} | "
                     f"{s['qat_drop_db']:+.3f} | {s['control_drop_db']:+.3f} | {s['qat_minus_ptq_db']:+.3f} | "
                     f"{s['qat_minus_control_db']:+.3f} | {ratio['1t']:.2f}, {ratio['2t']:.2f} |")
-    rows += ["", "The same on TFLite's builtin kernels (no XNNPACK; their INT8 leaky ReLU floors negatives):", "",
-             "| model | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB |", "|---|---|---|---|"]
-    rows += [f"| {s['model']} | {s['builtin_kernels_drop_db']['ptq']:+.3f} | {s['builtin_kernels_drop_db']['qat']:+.3f} "
-             f"| {s['builtin_kernels_drop_db']['control']:+.3f} |" for s in result["summaries"]]
+    rows += ["", "The same on TFLite's builtin kernels (no XNNPACK; their INT8 leaky ReLU floors negatives), and "
+             "each int8 model's parity with the fp32 TFLite model of its own weights (the quantization error alone, "
+             "what QAT trains against; XNNPACK / builtin):", "",
+             "| model | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB | parity PTQ dB | parity QAT dB "
+             "| parity control dB |", "|---|---|---|---|---|---|---|"]
+    for s in result["summaries"]:
+        drops, par = s["builtin_kernels_drop_db"], s["int8_parity_db"]
+        rows.append(f"| {s['model']} | {drops['ptq']:+.3f} | {drops['qat']:+.3f} | {drops['control']:+.3f} | "
+                    + " | ".join(f"{par[k]:.1f} / {par[k + '_builtin']:.1f}" for k in ("ptq", "qat", "control"))
+                    + " |")
     rows += ["", "Is an int8 drop a property of the two held-out photos?  The same files on the centres of the 7 "
              "training photos (drop vs the fp32 TFLite model), and the mean int8 - fp32 output offset on the "
              "held-out photos (R, G, B, x1e-3):", "",
@@ -409,7 +421,8 @@ def publish_result(result: dict[str, Any]) -> None:
     intro = (f"Measured {result['date']} on {result['machine']} (shared with other jobs: latencies are noisy), "
              f"step scale {result['scale']}, wall {result['wall_s'] / 60:.1f} min.  Each student trained briefly on "
              "the embedded data (seed 0); PSNR/SSIM on the two whole held-out photos (packed 64x128).  'drop' is "
-             "against the PyTorch float model (QAT and control rows: the original float model).  TFLite models are "
+             "against the PyTorch float model (QAT and control rows: the original float model); 'parity' is PSNR "
+             "against the fp32 TFLite model of the same weights.  TFLite models are "
              "scored as apps run them, with the default XNNPACK delegate (one int8 row also on TFLite's builtin "
              "kernels, whose INT8 leaky ReLU is biased); TFLite int8 has int8 I/O; calibration is 16 random RAW training crops for every quantizer.  QAT: "
              "`compress.qat.qat_finetune`, a quarter of the training steps at a tenth of the lr with output KD "
