@@ -134,6 +134,10 @@ def test_schema_defaults_and_checks() -> None:
     assert q.built_variants() == ["fp32", "float16", "int8"] and q.gate.drop_budget("int8") == 0.2
     with pytest.raises(RecipeError, match="quantize.selective: selective precision works on the int8 variant"):
         load_recipe("quickstart", ["quantize.mode=float16", "quantize.selective={max_drop_db: 0.1}"])
+    recipe, _ = load_recipe("quickstart", ["quantize.selective={max_drop_db: 0.1}"])
+    assert recipe.quantize.selective is not None and recipe.quantize.selective.probe == 8
+    with pytest.raises(RecipeError, match="quantize.selective.probe"):
+        load_recipe("quickstart", ["quantize.selective={max_drop_db: 0.1, probe: 0}"])
     with pytest.raises(RecipeError, match="quantize.mode"):
         load_recipe("quickstart", ["quantize.mode=int4"])
     with pytest.raises(RecipeError, match="quantize.calibration_selection"):
