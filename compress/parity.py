@@ -32,16 +32,18 @@ def run_onnx(path: Path, x_nchw: np.ndarray) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def run_tflite(path: Path, x_nchw: np.ndarray, num_threads: int = 2) -> np.ndarray:
+def run_tflite(path: Path, x_nchw: np.ndarray, num_threads: int = 2, builtin: bool = False) -> np.ndarray:
     """Float NCHW in, float NCHW out through ai-edge-litert, whatever the model's I/O dtype and batch.
 
     Integer inputs are quantized with the model's own scale/zero point and integer outputs
     dequantized, so an int8-I/O model is compared on the same footing as a float one.  A model
-    exported for batch ``b`` runs ``x`` in chunks of ``b``.
+    exported for batch ``b`` runs ``x`` in chunks of ``b``.  By default the XNNPACK delegate runs
+    it, as in an app; ``builtin=True`` uses TFLite's own kernels, whose INT8 arithmetic differs.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     x = np.transpose(np.asarray(x_nchw, dtype=np.float32), (0, 2, 3, 1))

@@ -206,7 +206,8 @@ class ConverterFactory:
         return _representative(self.frames, self.batch)
 
     def finish(self, flatbuffer: bytes) -> bytes:
-        return requantize_biases(widen_degenerate_scales(_rename_io(flatbuffer, self.input_names, self.output_names)))
+        renamed = _rename_io(flatbuffer, self.input_names, self.output_names)
+        return requantize_biases(snap_leaky_relu_scales(widen_degenerate_scales(renamed)))
 
 
 ExtraBuild = Callable[[ConverterFactory, dict[str, Path], Path], dict[str, Path]]
@@ -407,6 +408,62 @@ def widen_degenerate_scales(flatbuffer: bytes) -> bytes:
                                          for r, slot in readers.get(out, [])):  # readers that take any scale
                 continue
             oq.scale = np.asarray([step], dtype=np.float32)
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
+
+
+XNNPACK_LRELU_ONE = 256  # XNNPACK's QS8 leaky ReLU multipliers are round(256 * ratio): 8 fractional bits
+_INT8 = 9  # schema TensorType INT8
+# ops whose kernels read an int8 input at its own scale (the data input of convs: their biases are then
+# re-scaled by requantize_biases); same-scale ops (max pool, concat, reshape) are not here
+_ANY_SCALE_READERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 2, "ADD": None,
+                      "SUB": None, "MUL": None, "MEAN": None, "LOGISTIC": None, "TANH": None, "DEQUANTIZE": None,
+                      "QUANTIZE": None}
+
+
+def snap_leaky_relu_scales(flatbuffer: bytes) -> bytes:
+    """Give each INT8 LEAKY_RELU an output scale at which XNNPACK's multipliers are exact.
+
+    XNNPACK computes an int8 leaky ReLU with the multipliers ``round(256 * s_in / s_out)`` and
+    ``round(256 * alpha * s_in / s_out)``: 8 fractional bits, so the slope of each branch is off by up
+    to 0.5 / 256 of ``s_in / s_out`` (LW-ISP w0.25: -0.21 steps at the top of the positive range, a
+    gain error of ~0.1 % in each of its 31 leaky ReLUs, which the convs add up to a +2e-3 output
+    offset).  This raises ``s_out`` just enough (at most ~2 %, the range only grows) that
+    ``256 * s_in / s_out`` is a multiple of alpha's denominator (5 for 0.2), so both products are
+    integers and XNNPACK's arithmetic is exact.  TFLite's builtin kernels use 32-bit multipliers and
+    do not need it.  Only where every reader takes any input scale (``_ANY_SCALE_READERS``) and the
+    tensor is not a model output; the readers' biases are re-scaled by ``requantize_biases``.
+    """
+    from fractions import Fraction
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    changed = False
+    for graph in model.subgraphs:
+        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+        readers: dict[int, list[tuple[str, int]]] = {}
+        for name, op in zip(names, graph.operators):
+            for slot, index in enumerate(op.inputs):
+                readers.setdefault(int(index), []).append((name, slot))
+        outputs = {int(i) for i in graph.outputs}
+        for name, op in zip(names, graph.operators):
+            if name != "LEAKY_RELU":
+                continue
+            x, out = int(op.inputs[0]), int(op.outputs[0])
+            xq, oq = graph.tensors[x].quantization, graph.tensors[out].quantization
+            if (graph.tensors[x].type != _INT8 or graph.tensors[out].type != _INT8 or out in outputs
+                    or any(q is None or q.scale is None or len(q.scale) != 1 for q in (xq, oq))):
+                continue
+            if not all(r in _ANY_SCALE_READERS and _ANY_SCALE_READERS[r] in (None, slot)
+                       for r, slot in readers.get(out, [])):
+                continue
+            step = Fraction(float(op.builtinOptions.alpha)).limit_denominator(64).denominator
+            ratio = XNNPACK_LRELU_ONE * float(xq.scale[0]) / float(oq.scale[0])
+            snapped = (ratio // step) * step
+            if snapped < step or snapped == ratio:
+                continue
+            oq.scale = np.asarray([XNNPACK_LRELU_ONE * float(xq.scale[0]) / snapped], dtype=np.float32)
             changed = True
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
 

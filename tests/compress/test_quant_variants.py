@@ -190,3 +190,48 @@ def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path], v
     assert done.returncode == 0, done.stderr[-500:]
     assert int(done.stdout.splitlines()[-2]) >= 1  # XNNPACK took (part of) the graph
     assert float(done.stdout.splitlines()[-1]) > 0.5
+
+
+class LeakyHead(torch.nn.Module):
+    """A conv and a leaky ReLU (alpha 0.2, LW-ISP's) read by a DEQUANTIZE: the float output shows the
+    int8 leaky ReLU's own arithmetic on each runtime."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(self.conv(x), 0.2)
+
+
+@pytest.fixture(scope="session")
+def leaky_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("leaky")
+    onnx_path = export_onnx(LeakyHead().eval(), folder / "leaky.onnx", (1, 4, 16, 16))
+    calibration = np.random.default_rng(1).uniform(-1, 1, (8, 4, 16, 16)).astype(np.float32)
+    return convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=False, modes=("int8",))["int8"]
+
+
+@pytest.mark.slow
+def test_int8_leaky_relu_scale_makes_xnnpack_multipliers_exact(leaky_int8: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(leaky_int8))
+    interpreter.allocate_tensors()
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    leaky = [op for op in interpreter._get_ops_details() if op["op_name"] == "LEAKY_RELU"]  # noqa: SLF001
+    assert len(leaky) == 1
+    s_in = tensors[leaky[0]["inputs"][0]]["quantization"][0]
+    s_out = tensors[leaky[0]["outputs"][0]]["quantization"][0]
+    ratio = 256 * s_in / s_out  # XNNPACK's multipliers: round(256 * ratio) and round(256 * 0.2 * ratio)
+    assert abs(ratio - round(ratio)) < 1e-3 and round(ratio) % 5 == 0
+
+    # with exact multipliers XNNPACK and the builtin kernels agree on the positive branch (the builtin
+    # kernels floor the negative one); the LW-ISP-scale effect is measured in benchmarks/quant.py
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 4, 16, 16)).astype(np.float32)
+    xnnpack = run_tflite(leaky_int8, x)
+    builtin = run_tflite(leaky_int8, x, builtin=True)
+    positive = builtin > 0
+    assert positive.mean() > 0.3
+    assert abs(float(np.mean(xnnpack[positive] - builtin[positive]))) / s_out < 0.03
