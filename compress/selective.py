@@ -15,8 +15,9 @@ than give up INT8 for the whole model, we measure every layer and keep just the 
    on the runtime the model ships on.  That measured drop, not the debugger's SQNR, ranks the layers:
    the debugger runs TFLite's builtin kernels, whose INT8 arithmetic differs from XNNPACK's (their
    LEAKY_RELU floors negatives), and a layer's local error says little about how it grows through
-   the rest of the net.  On LW-ISP (width 0.25) the SQNR order kept four layers in float and still
-   missed 0.1 dB on XNNPACK; the measured order reaches it with two.  A candidate whose re-quantized
+   the rest of the net.  On LW-ISP (width 0.25, before ``compress.tflite.snap_leaky_relu_scales``)
+   the SQNR order kept four layers in float and still missed 0.1 dB on XNNPACK; the measured order
+   reached it with two.  A candidate whose re-quantized
    model comes out byte-identical or fails to quantize (the quantizer cannot keep that op in float)
    is dropped.
 3. Greedy search: each step tries the ``probe`` best-ranked remaining layers on top of the layers

@@ -426,9 +426,9 @@ def snap_leaky_relu_scales(flatbuffer: bytes) -> bytes:
 
     XNNPACK computes an int8 leaky ReLU with the multipliers ``round(256 * s_in / s_out)`` and
     ``round(256 * alpha * s_in / s_out)``: 8 fractional bits, so the slope of each branch is off by up
-    to 0.5 / 256 of ``s_in / s_out`` (LW-ISP w0.25: -0.21 steps at the top of the positive range, a
-    gain error of ~0.1 % in each of its 31 leaky ReLUs, which the convs add up to a +2e-3 output
-    offset).  This raises ``s_out`` just enough (at most ~2 %, the range only grows) that
+    to 0.5 / 256 of ``s_in / s_out`` (a lone int8 leaky ReLU measured -0.21 steps off at the top of
+    its positive range, a ~0.1 % gain error; LW-ISP w0.25's 31 of them added up to a +2e-3 output
+    offset and 0.09 dB).  This raises ``s_out`` just enough (at most ~2 %, the range only grows) that
     ``256 * s_in / s_out`` is a multiple of alpha's denominator (5 for 0.2), so both products are
     integers and XNNPACK's arithmetic is exact.  TFLite's builtin kernels use 32-bit multipliers and
     do not need it.  Only where every reader takes any input scale (``_ANY_SCALE_READERS``) and the
