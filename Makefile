@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ispdc run recipes/quickstart.yaml --workdir runs/quickstart
+	$(BIN)/ispdc run quickstart --workdir runs/quickstart
 
+# Lint and type-check first (seconds), then the suite: a new violation fails CI like a failing test.
 test: $(STAMP) browser
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
 # The MLflow UI test drives the system Chromium (never `playwright install`): install the Debian package

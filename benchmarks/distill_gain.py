@@ -22,9 +22,7 @@ Groups and variants:
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -34,7 +32,19 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import machine, publish
+from benchmarks.report import ALL_THREADS, cli, measured_on, paragraph, publish, setup, stamp, table
+from compress.checkpoint import load_model
+from distill.adapters import FeaturePair
+from distill.data.datasets import PairedPatchDataset
+from distill.data.embedded import load_embedded
+from distill.distiller import Distiller
+from distill.evaluation import evaluate
+from distill.metrics import centre_crop_to_multiple
+from distill.trainer import TrainSpec, train
+from recipes.loader import load_recipe
+from recipes.results import ModelResult
+from recipes.runner import run_recipe
+from students import create_student
 
 
 @dataclass
@@ -89,14 +99,10 @@ def _groups(scale: float) -> dict[str, Group]:
 
 
 def _train_teacher(recipe: str, overrides: list[str], work: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from compress.checkpoint import load_model
-    from recipes.loader import load_recipe
-    from recipes.runner import run_recipe
-
     spec, path = load_recipe(recipe, ["run_until=teacher", "seed=0", *overrides])
     _, outcomes = run_recipe(spec, path, work / recipe)
     teacher = outcomes[0]
-    model, model_spec = load_model(Path(teacher.outputs["model"]))
+    model, model_spec = load_model(teacher.typed(ModelResult).model)
     summary = {"recipe": recipe, "model": model_spec.name, "config": model_spec.config, "seconds": teacher.seconds,
                "psnr_initial": teacher.metrics["psnr_initial"], "psnr": teacher.metrics["psnr"],
                "ssim": teacher.metrics["ssim"]}
@@ -105,23 +111,10 @@ def _train_teacher(recipe: str, overrides: list[str], work: Path) -> tuple[torch
 
 def held_out_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole held-out images centre-cropped to a multiple of 32 packed pixels (every model accepts that)."""
-    out = []
-    for p in pairs:
-        raw, rgb = torch.from_numpy(p.raw), torch.from_numpy(p.rgb)
-        h, w = raw.shape[1] // multiple * multiple, raw.shape[2] // multiple * multiple
-        y, x = (raw.shape[1] - h) // 2, (raw.shape[2] - w) // 2
-        out.append((raw[:, y : y + h, x : x + w], rgb[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]))
-    return out
+    return [centre_crop_to_multiple(torch.from_numpy(p.raw), torch.from_numpy(p.rgb), multiple) for p in pairs]
 
 
 def run_group(group: Group, seeds: list[int], work: Path, teacher_log: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from distill.adapters import FeaturePair
-    from distill.data.datasets import PairedPatchDataset
-    from distill.data.embedded import load_embedded
-    from distill.distiller import Distiller
-    from distill.trainer import TrainSpec, evaluate, train
-    from students import create_student
-
     teachers = {}
     for key, (recipe, overrides) in group.teachers.items():
         teachers[key], summary = _train_teacher(recipe, overrides, work)
@@ -162,41 +155,40 @@ def _std(values: list[float]) -> float:
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| teacher (recipe) | config | train s | held-out PSNR before -> after training |", "|---|---|---|---|"]
-    rows += [f"| {t['model']} ({t['recipe']}) | {t['config']} | {t['seconds']:.0f} | "
-             f"{t['psnr_initial']:.2f} -> {t['psnr']:.2f} |" for t in result["teachers"]]
-    rows += ["", "| student | variant | teacher | steps | PSNR dB (mean +- std) | SSIM | gain dB vs baseline (paired) |",
-            "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        rows.append(f"| {r['student']} {r['config']} | {r['variant']} | {r['teacher'] or '-'} | {r['steps']} | "
-                    f"{r['psnr_mean']:.2f} +- {r['psnr_std']:.2f} | {r['ssim_mean']:.4f} +- {r['ssim_std']:.4f} | "
-                    f"{r['gain_db_mean']:+.2f} +- {r['gain_db_std']:.2f} |")
-    intro = (f"Measured {result['date']} on {result['machine']}, seeds {result['seeds']}, step scale "
-             f"{result['scale']}.  Each teacher trained once by its built-in recipe (seed 0); each student from "
-             "scratch per seed with identical data, steps and initial weights, with and without the "
-             "distillation terms (batch 4, 64-px packed crops, Adam + cosine decay).  PSNR/SSIM on the two "
-             "embedded held-out photos.  CPU-sized models and step counts: these are short runs on 7 "
-             "training photos, so read the gains with their spread; the LW-ISP paper's +0.12 dB "
-             "(21.28 -> 21.40 dB, Zurich, full width, converged) is not what a run of this size can show.")
+    rows = table(["teacher (recipe)", "config", "train s", "held-out PSNR before -> after training"],
+                 ([f"{t['model']} ({t['recipe']})", t["config"], f"{t['seconds']:.0f}",
+                   f"{t['psnr_initial']:.2f} -> {t['psnr']:.2f}"] for t in result["teachers"]))
+    rows += ["", *table(["student", "variant", "teacher", "steps", "PSNR dB (mean +- std)", "SSIM",
+                         "gain dB vs baseline (paired)"],
+                        ([f"{r['student']} {r['config']}", r["variant"], r["teacher"] or "-", r["steps"],
+                          f"{r['psnr_mean']:.2f} +- {r['psnr_std']:.2f}", f"{r['ssim_mean']:.4f} +- {r['ssim_std']:.4f}",
+                          f"{r['gain_db_mean']:+.2f} +- {r['gain_db_std']:.2f}"] for r in result["rows"]))]
+    intro = paragraph("""
+        {measured}, seeds {seeds}, step scale {scale}.  Each teacher trained once by its built-in recipe
+        (seed 0); each student from scratch per seed with identical data, steps and initial weights, with
+        and without the distillation terms (batch 4, 64-px packed crops, Adam + cosine decay).  PSNR/SSIM on
+        the two embedded held-out photos.  CPU-sized models and step counts: these are short runs on 7
+        training photos, so read the gains with their spread; the LW-ISP paper's +0.12 dB (21.28 -> 21.40
+        dB, Zurich, full width, converged) is not what a run of this size can show.""",
+                      measured=measured_on(result), **result)
     publish("distill_gain", "Distillation gain: the same student with and without each kind", intro, rows, result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--groups", nargs="+", default=None, choices=["smallnet", "lwisp", "aaunet"])
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    torch.set_num_threads(min(os.cpu_count() or 1, 16))
+    setup(ALL_THREADS)
     groups = _groups(args.scale)
     names = args.groups or list(groups)
     started = time.perf_counter()
     teachers: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name in names for row in run_group(groups[name], args.seeds, Path(tmp), teachers)]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "seeds": args.seeds, "scale": args.scale,
-              "device": "cpu", "wall_s": time.perf_counter() - started, "teachers": teachers, "rows": rows}
+    result = stamp(seeds=args.seeds, scale=args.scale, device="cpu", wall_s=time.perf_counter() - started,
+                   teachers=teachers, rows=rows)
     publish_result(result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
 

@@ -7,18 +7,18 @@ Per student (default configuration unless ``name:key=value,...`` is given, e.g. 
 
 1. export to ONNX at the packed size ``--size`` (540x960 = 1080x1920 sRGB), rounded up to the
    model's ``input_multiple`` (LW-ISP: 544x960), and convert to TFLite fp32 plus every mode of
-   ``compress.tflite.QUANT_MODES`` except ``int16x8`` (no XNNPACK kernels: pass ``--modes ... int16x8``
+   ``compress.export.tflite.QUANT_MODES`` except ``int16x8`` (no XNNPACK kernels: pass ``--modes ... int16x8``
    to time it anyway), and ``int8_fio``: the INT8 model with
-   float I/O (QUANTIZE/DEQUANTIZE inside) from the same onnx2tf run.  If ``compress.onnx_quant`` is
-   present, an onnxruntime QDQ INT8 model (U8S8) too.  Calibration: seeded uniform RAW frames; they
+   float I/O (QUANTIZE/DEQUANTIZE inside) from the same onnx2tf run, and an onnxruntime QDQ INT8 model
+   (U8S8, ``compress.quantization.onnx_quant``).  Calibration: seeded uniform RAW frames; they
    only set quantization ranges, which timing does not depend on;
 2. time each (variant, runtime, threads) -- TFLite through ai-edge-litert (XNNPACK by default) at
-   1 and 2 threads, onnxruntime CPU, PyTorch eager -- with ``compress.latency``.  Measurements are
+   1 and 2 threads, onnxruntime CPU, PyTorch eager -- with ``compress.runtime.latency``.  Measurements are
    interleaved: every round times every entry once (median of ``--runs``), and the reported figure
    is the smallest round median, so load from other processes on this shared machine hits all
    variants alike and a disturbed round is discarded rather than averaged in.  An entry whose first
    run exceeds ``--max-ms`` (TFLite INT16x8, which has no XNNPACK kernels) keeps that single run;
-3. list the ops XNNPACK leaves to TFLite's own kernels per TFLite file (``compress.xnnpack``).
+3. list the ops XNNPACK leaves to TFLite's own kernels per TFLite file (``compress.runtime.xnnpack``).
 
 Ratios are against fp32 of the same runtime and thread count; ``INT8 / fp32 <= 0.6`` is issue 7's
 goal.  The load average before and after is recorded: compare ratios, not absolute times, across
@@ -26,8 +26,6 @@ runs.  Writes ``benchmarks/results/latency.json`` and a table in ``docs/benchmar
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import tempfile
@@ -40,7 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from benchmarks.report import machine, publish
+
+from benchmarks.report import cli, measured_on, paragraph, publish, setup, stamp, table
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import QUANT_MODES, ConverterFactory, convert_onnx_to_tflite
+from compress.export.tflite_inspect import assert_builtin_only
+from compress.fold import fold_model
+from compress.quantization.onnx_quant import quantize_onnx
+from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms, torch_latency_ms
+from compress.runtime.profile import count_macs, count_params
+from compress.runtime.xnnpack import xnnpack_report
+from students import STUDENTS, create_student
 
 FHD_PACKED = (540, 960)  # 1080x1920 sRGB output
 DEFAULT_STUDENTS = ("smallnet", "lwisp")
@@ -51,7 +59,7 @@ CALIBRATION_FRAMES = 2
 
 @dataclass
 class Entry:
-    """One timed configuration; ``run(warmup, runs)`` returns ``compress.latency``'s summary."""
+    """One timed configuration; ``run(warmup, runs)`` returns ``compress.runtime.latency``'s summary."""
 
     student: str
     runtime: str  # "tflite", "onnxruntime", "torch"
@@ -80,14 +88,12 @@ def parse_student(spec: str) -> tuple[str, dict[str, Any]]:
 
 def packed_size(name: str, size: tuple[int, int]) -> tuple[int, int]:
     """``size`` rounded up to what the student accepts (``input_multiple``, ``min_input``)."""
-    from students.registry import STUDENTS
-
     info = STUDENTS.info(name)
     return tuple(max(info.min_input, -(-s // info.input_multiple) * info.input_multiple)  # type: ignore[return-value]
                  for s in size)
 
 
-def _int8_float_io(factory: Any, built: dict[str, Path], work: Path) -> dict[str, Path]:
+def _int8_float_io(factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
     """The INT8 model again with float input/output (QUANTIZE/DEQUANTIZE ops at the ends)."""
     converter = factory.converter("int8")
     converter.inference_input_type = factory.tf.float32
@@ -100,12 +106,6 @@ def _int8_float_io(factory: Any, built: dict[str, Path], work: Path) -> dict[str
 def export_variants(name: str, config: dict[str, Any], size: tuple[int, int], modes: list[str],
                     work: Path) -> tuple[torch.nn.Module, dict[str, dict[str, Path]], dict[str, Any]]:
     """The folded model, ``{"tflite": {variant: path}, "onnxruntime": {...}}`` and facts for the row."""
-    from compress.fold import fold_model
-    from compress.onnx_export import export_onnx
-    from compress.profile import count_macs, count_params
-    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite
-    from students import create_student
-
     torch.manual_seed(0)
     model, _ = fold_model(create_student(name, **config).eval())
     model.eval()
@@ -118,11 +118,8 @@ def export_variants(name: str, config: dict[str, Any], size: tuple[int, int], mo
     convert_s = time.perf_counter() - start
     for path in tflite.values():
         assert_builtin_only(path)
-    files: dict[str, dict[str, Path]] = {"tflite": dict(tflite), "onnxruntime": {"fp32": onnx_path}}
-    if importlib.util.find_spec("compress.onnx_quant") is not None:
-        from compress.onnx_quant import quantize_onnx
-
-        files["onnxruntime"]["int8"] = quantize_onnx(onnx_path, work / "model_qdq_int8.onnx", frames, "int8")
+    files: dict[str, dict[str, Path]] = {"tflite": dict(tflite), "onnxruntime": {
+        "fp32": onnx_path, "int8": quantize_onnx(onnx_path, work / "model_qdq_int8.onnx", frames, "int8")}}
     facts = {"student": name, "config": config, "packed_size": list(size),
              "params": count_params(model), "gmacs": count_macs(model, shape) / 1e9, "convert_s": convert_s}
     return model, files, facts
@@ -130,8 +127,6 @@ def export_variants(name: str, config: dict[str, Any], size: tuple[int, int], mo
 
 def build_entries(name: str, model: torch.nn.Module, files: dict[str, dict[str, Path]],
                   size: tuple[int, int]) -> list[Entry]:
-    from compress.latency import onnx_latency_ms, tflite_latency_ms, torch_latency_ms
-
     entries = []
     for threads in THREADS:
         for variant, path in files["tflite"].items():
@@ -180,8 +175,6 @@ def summarize(entries: list[Entry], facts: dict[str, Any], xnnpack: dict[str, di
 def measure(specs: list[str], size: tuple[int, int], modes: list[str], rounds: int, runs: int, max_ms: float,
             root: Path) -> list[dict[str, Any]]:
     """Export everything first, then time all students' entries interleaved in one pool."""
-    from compress.xnnpack import xnnpack_report
-
     prepared = []
     for spec in specs:
         name, config = parse_student(spec)
@@ -196,8 +189,7 @@ def measure(specs: list[str], size: tuple[int, int], modes: list[str], rounds: i
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| student (packed input) | runtime | variant | ms 1t | ms 2t | vs fp32 1t | vs fp32 2t | "
-            "ops outside XNNPACK |", "|---|---|---|---|---|---|---|---|"]
+    cells = []
     for s in result["students"]:
         label = f"{s['student']} ({s['packed_size'][0]}x{s['packed_size'][1]}, {s['gmacs']:.1f} GMACs)"
         for v in s["variants"]:
@@ -207,26 +199,25 @@ def publish_result(result: dict[str, Any]) -> None:
                 outside = ", ".join(f"{op} x{ops.count(op)}" for op in dict.fromkeys(ops)) or "none"
             once = " (1 run)" if v["single_run_1t"] or v["single_run_2t"] else ""
             bold = "**" if v["variant"] == "int8" else ""
-            rows.append(f"| {label} | {v['runtime']} | {v['variant']}{once} | {v['ms_1t']:.1f} | {v['ms_2t']:.1f} | "
-                        f"{bold}{v['vs_fp32_1t']:.2f}{bold} | {bold}{v['vs_fp32_2t']:.2f}{bold} | {outside} |")
-    load = result["load_average"]
-    intro = (f"Measured {result['date']} on {result['machine']}, shared with other jobs: 1-minute load average "
-             f"{load['before']:.1f} before and {load['after']:.1f} after the run.  Full-HD output "
-             f"(packed input {result['size'][0]}x{result['size'][1]}, rounded up to each model's input "
-             f"multiple), batch 1, default widths, random weights (latency does not depend on them).  Each "
-             f"figure is the smallest of {result['rounds']} round medians (each of {result['runs']} runs), "
-             "all entries interleaved round by round; 'vs fp32' divides by fp32 of the same runtime and thread "
-             "count (issue 7's goal: int8 <= 0.6).  TFLite: ai-edge-litert, XNNPACK; int8 has int8 I/O, "
-             "int8_fio float I/O; dynamic = int8 weights, float activations.  onnxruntime int8: static QDQ, "
-             "U8S8 (`compress.onnx_quant`).  Why int8 is or is not faster: docs/quantization.md, "
-             "'Latency on CPU (XNNPACK)'.")
+            cells.append([label, v["runtime"], f"{v['variant']}{once}", f"{v['ms_1t']:.1f}", f"{v['ms_2t']:.1f}",
+                          f"{bold}{v['vs_fp32_1t']:.2f}{bold}", f"{bold}{v['vs_fp32_2t']:.2f}{bold}", outside])
+    rows = table(["student (packed input)", "runtime", "variant", "ms 1t", "ms 2t", "vs fp32 1t", "vs fp32 2t",
+                  "ops outside XNNPACK"], cells)
+    intro = paragraph("""
+        {measured}, shared with other jobs: 1-minute load average {load_average[before]:.1f} before and
+        {load_average[after]:.1f} after the run.  Full-HD output (packed input {size[0]}x{size[1]}, rounded
+        up to each model's input multiple), batch 1, default widths, random weights (latency does not depend
+        on them).  Each figure is the smallest of {rounds} round medians (each of {runs} runs), all entries
+        interleaved round by round; 'vs fp32' divides by fp32 of the same runtime and thread count (issue 7's
+        goal: int8 <= 0.6).  TFLite: ai-edge-litert, XNNPACK; int8 has int8 I/O, int8_fio float I/O; dynamic
+        = int8 weights, float activations.  onnxruntime int8: static QDQ, U8S8
+        (`compress.quantization.onnx_quant`).  Why int8 is or is not faster: docs/quantization.md, 'Latency
+        on CPU (XNNPACK)'.""", measured=measured_on(result), **result)
     publish("latency", "Latency: every variant at Full-HD, INT8 vs fp32", intro, rows, result)
 
 
 def main() -> None:
-    from compress.tflite import QUANT_MODES
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--students", nargs="*", default=list(DEFAULT_STUDENTS),
                         help="registered names, optionally name:key=value,... for a config")
     parser.add_argument("--size", type=int, nargs=2, default=FHD_PACKED, metavar=("H", "W"),
@@ -244,14 +235,13 @@ def main() -> None:
         parser.error(f"unknown TFLite mode(s) {unknown}; choose from {sorted(QUANT_MODES)}")
     if args.rounds < 1 or args.runs < 1 or min(args.size) < 1:
         parser.error("--rounds, --runs and --size must be positive")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    setup()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args.students, tuple(args.size), list(args.modes), args.rounds, args.runs, args.max_ms,
                        Path(tmp))
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "size": list(args.size),
-              "modes": list(args.modes), "rounds": args.rounds, "runs": args.runs,
-              "load_average": {"before": load_before, "after": os.getloadavg()[0]}, "students": rows}
+    result = stamp(size=list(args.size), modes=list(args.modes), rounds=args.rounds, runs=args.runs,
+                   load_average={"before": load_before, "after": os.getloadavg()[0]}, students=rows)
     if not args.no_publish:
         publish_result(result)
     print(json.dumps(result, indent=2))

@@ -12,17 +12,21 @@ embedded held-out RAW crops.  Writes ``benchmarks/results/models.json`` and ``do
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.report import ROOT, machine
+from benchmarks.report import ROOT, cli, setup, stamp, table
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import convert_onnx_to_tflite
+from compress.fold import fold_model
+from compress.runtime.profile import count_macs, count_params, size_kb
+from distill.data.embedded import load_embedded
+from students import STUDENTS, create_student, list_students
+from teachers import TEACHERS, create_teacher, list_teachers
 
 FHD_PACKED = (544, 960)
 DOC = ROOT / "docs" / "models.md"
@@ -30,15 +34,11 @@ DOC = ROOT / "docs" / "models.md"
 
 def _calibration(in_channels: int, side: int) -> np.ndarray:
     """Held-out embedded RAW crops (packed Bayer), or their RGB targets for RGB-input models."""
-    from distill.data.embedded import load_embedded
-
     crops = [(pair.raw if in_channels == 4 else pair.rgb)[:, :side, :side] for pair in load_embedded("eval")]
     return np.stack(crops).astype(np.float32)
 
 
 def _fhd_macs(model: torch.nn.Module, name: str, in_channels: int, upscale: int) -> float:
-    from compress.profile import count_macs
-
     h, w = FHD_PACKED if upscale == 2 else (2 * FHD_PACKED[0], 2 * FHD_PACKED[1])
     if name == "pynet":
         return 4.0 * count_macs(model, (1, in_channels, h // 2, w // 2))
@@ -46,17 +46,11 @@ def _fhd_macs(model: torch.nn.Module, name: str, in_channels: int, upscale: int)
 
 
 def measure(kind: str, name: str, work: Path) -> dict:
-    from compress.fold import fold_model
-    from compress.onnx_export import export_onnx
-    from compress.tflite import convert_onnx_to_tflite
-    from students import STUDENTS, create_student
-    from teachers import TEACHERS, create_teacher
-
     registry, create = (TEACHERS, create_teacher) if kind == "teacher" else (STUDENTS, create_student)
     info = registry.info(name)
     torch.manual_seed(0)
     model = create(name).eval()
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
     model, _ = fold_model(model)
     side = max(64, info.min_input) // info.input_multiple * info.input_multiple
     with torch.no_grad():
@@ -65,7 +59,7 @@ def measure(kind: str, name: str, work: Path) -> dict:
     tflite = convert_onnx_to_tflite(onnx_path, work / name / "tflite",
                                     _calibration(info.in_channels, side), modes=("int8",))
     return {"kind": kind, "name": name, "params": params, "gmacs_fhd": macs / 1e9,
-            "size_kb_fp32": tflite["fp32"].stat().st_size / 1024, "size_kb_int8": tflite["int8"].stat().st_size / 1024,
+            "size_kb_fp32": size_kb(tflite["fp32"]), "size_kb_int8": size_kb(tflite["int8"]),
             "paper": {k: v for k, v in info.paper.items() if k != "params_tolerance"}}
 
 
@@ -77,11 +71,9 @@ def _paper_cell(paper: dict) -> str:
 
 
 def write_doc(result: dict) -> None:
-    rows = ["| kind | model | params | GMACs @ FHD | TFLite fp32 KB | TFLite INT8 KB | paper |",
-            "|---|---|---|---|---|---|---|"]
-    for r in result["models"]:
-        rows.append(f"| {r['kind']} | `{r['name']}` | {r['params']:,} | {r['gmacs_fhd']:.1f} | "
-                    f"{r['size_kb_fp32']:,.0f} | {r['size_kb_int8']:,.0f} | {_paper_cell(r['paper'])} |")
+    rows = table(["kind", "model", "params", "GMACs @ FHD", "TFLite fp32 KB", "TFLite INT8 KB", "paper"],
+                 ([r["kind"], f"`{r['name']}`", f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}", f"{r['size_kb_fp32']:,.0f}",
+                   f"{r['size_kb_int8']:,.0f}", _paper_cell(r["paper"])] for r in result["models"]))
     text = [
         "# Models", "",
         "Every registered teacher and student at its default configuration (`ispdc list` names them;",
@@ -100,20 +92,16 @@ def write_doc(result: dict) -> None:
 
 
 def main() -> None:
-    from students import list_students
-    from teachers import list_teachers
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    torch.set_num_threads(2)
+    setup(2)
     models = [("teacher", n) for n in list_teachers()] + [("student", n) for n in list_students()]
     if args.only:
         models = [(k, n) for k, n in models if n in args.only]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(kind, name, Path(tmp)) for kind, name in models]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "models": rows}
+    result = stamp(models=rows)
     path = ROOT / "benchmarks" / "results" / "models.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))

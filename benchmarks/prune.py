@@ -12,19 +12,33 @@ Writes ``benchmarks/results/prune.json``, ``docs/img/prune.png`` and a table in 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks.distill_gain import held_out_pairs
-from benchmarks.report import ROOT, machine, publish
+from benchmarks.report import ALL_THREADS, ROOT, cli, measured_on, paragraph, publish, setup, stamp, table
+from compress.checkpoint import load_model
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import convert_onnx_to_tflite
+from compress.fold import fold_model
+from compress.pruning.prune import PruneTarget, prune_model
+from compress.runtime.latency import tflite_latency_ms
+from compress.runtime.profile import count_macs, count_params
+from distill.data.datasets import PairedPatchDataset
+from distill.data.embedded import load_embedded
+from distill.distiller import Distiller
+from distill.evaluation import evaluate
+from distill.trainer import TrainSpec, train
+from recipes.loader import load_recipe
+from recipes.results import ModelResult
+from recipes.runner import run_recipe
 
 LEVELS = (0.0, 0.3, 0.5, 0.7)
 FHD_PACKED = (1, 4, 544, 960)
@@ -35,29 +49,18 @@ MODELS = {
 }
 
 
-def _train_student(name: str, config: dict[str, Any], train: dict[str, Any], work: Path) -> torch.nn.Module:
-    import yaml
-
-    from compress.checkpoint import load_model
-    from recipes.loader import load_recipe
-    from recipes.runner import run_recipe
-
+def _train_student(name: str, config: dict[str, Any], train_cfg: dict[str, Any], work: Path) -> torch.nn.Module:
     overrides = [f"student.model={name}", f"student.config={yaml.safe_dump(config, default_flow_style=True).strip()}",
-                 f"student.train={yaml.safe_dump(train, default_flow_style=True).strip()}", "student.distill.output_kd=0",
+                 f"student.train={yaml.safe_dump(train_cfg, default_flow_style=True).strip()}", "student.distill.output_kd=0",
                  "run_until=student", "seed=0"]
     spec, path = load_recipe("quickstart", overrides)
     spec = spec.model_copy(update={"teacher": None})
     _, outcomes = run_recipe(spec, path, work / name)
-    model, _ = load_model(Path(outcomes[-1].outputs["model"]))
+    model, _ = load_model(outcomes[-1].typed(ModelResult).model)
     return model
 
 
 def _latency_ms(model: torch.nn.Module, work: Path) -> float:
-    from compress.fold import fold_model
-    from compress.latency import tflite_latency_ms
-    from compress.onnx_export import export_onnx
-    from compress.tflite import convert_onnx_to_tflite
-
     folded, _ = fold_model(model)
     onnx_path = export_onnx(folded, work / "model.onnx", LATENCY_PACKED)
     tflite = convert_onnx_to_tflite(onnx_path, work / "tflite", None, modes=())
@@ -65,13 +68,6 @@ def _latency_ms(model: torch.nn.Module, work: Path) -> float:
 
 
 def measure(name: str, scale: float, work: Path) -> list[dict[str, Any]]:
-    from compress.profile import count_macs, count_params
-    from compress.prune import PruneTarget, prune_model
-    from distill.data.datasets import PairedPatchDataset
-    from distill.data.embedded import load_embedded
-    from distill.distiller import Distiller
-    from distill.trainer import TrainSpec, evaluate, train
-
     config, train_cfg = MODELS[name]
     train_cfg = {**train_cfg, "steps": max(1, round(train_cfg["steps"] * scale))}
     dense = _train_student(name, config, train_cfg, work).eval()
@@ -137,33 +133,32 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| model | MACs removed | params | GMACs FHD | PSNR no FT | PSNR plain FT | PSNR KD FT | drop dB KD FT | "
-            "fp32 ms (272x480, 2t) | latency ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        rows.append(f"| {r['model']} {r['config']} | {r['macs_reduction']:.0%} | {r['params']:,} | {r['gmacs_fhd']:.2f} | "
-                    f"{r['psnr_no_finetune']:.2f} | {r['psnr_plain']:.2f} | {r['psnr_kd']:.2f} | {r['drop_db_kd']:+.2f} | "
-                    f"{r['latency_ms_fp32_2t']:.1f} | {r['latency_ratio']:.2f} |")
-    intro = (f"Measured {result['date']} on {result['machine']}, step scale {result['scale']}.  Each student trained "
-             "once on the embedded data, pruned to each MACs budget (L2 magnitude, PixelShuffle rule), then "
-             "fine-tuned for a third of its training steps at a third of the learning rate, with and without "
-             "output KD from the unpruned model; PSNR on the two whole held-out photos.  'drop dB' is against "
-             "the unpruned model fine-tuned the same way.  Latency: fp32 TFLite, XNNPACK, 2 threads, median "
-             "of 5, packed input 272x480.\n\n![PSNR vs MACs](img/prune.png)")
+    rows = table(["model", "MACs removed", "params", "GMACs FHD", "PSNR no FT", "PSNR plain FT", "PSNR KD FT",
+                  "drop dB KD FT", "fp32 ms (272x480, 2t)", "latency ratio"],
+                 ([f"{r['model']} {r['config']}", f"{r['macs_reduction']:.0%}", f"{r['params']:,}",
+                   f"{r['gmacs_fhd']:.2f}", f"{r['psnr_no_finetune']:.2f}", f"{r['psnr_plain']:.2f}",
+                   f"{r['psnr_kd']:.2f}", f"{r['drop_db_kd']:+.2f}", f"{r['latency_ms_fp32_2t']:.1f}",
+                   f"{r['latency_ratio']:.2f}"] for r in result["rows"]))
+    intro = paragraph("""
+        {measured}, step scale {scale}.  Each student trained once on the embedded data, pruned to each MACs
+        budget (L2 magnitude, PixelShuffle rule), then fine-tuned for a third of its training steps at a third
+        of the learning rate, with and without output KD from the unpruned model; PSNR on the two whole
+        held-out photos.  'drop dB' is against the unpruned model fine-tuned the same way.  Latency: fp32
+        TFLite, XNNPACK, 2 threads, median of 5, packed input 272x480.""", measured=measured_on(result), **result)
+    intro += "\n\n![PSNR vs MACs](img/prune.png)"
     publish("prune", "Pruning: quality vs MACs and latency", intro, rows, result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    torch.set_num_threads(min(os.cpu_count() or 1, 16))
+    setup(ALL_THREADS)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name in args.models for row in measure(name, args.scale, Path(tmp))]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "scale": args.scale,
-              "wall_s": time.perf_counter() - started, "rows": rows}
+    result = stamp(scale=args.scale, wall_s=time.perf_counter() - started, rows=rows)
     plot(rows, ROOT / "docs" / "img" / "prune.png")
     publish_result(result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))

@@ -6,15 +6,15 @@ Per student, in one process (seed 0, embedded data, 7 training photos, 2 held-ou
 
 1. train the float model (``MODELS``: steps, lr, batch 4, 32-px packed crops);
 2. export ONNX at the held-out size (packed 64x128, the two whole held-out photos) and convert with
-   ``compress.tflite.convert_onnx_to_tflite`` to fp32, float16, dynamic range, int16x8 and int8
+   ``compress.export.tflite.convert_onnx_to_tflite`` to fp32, float16, dynamic range, int16x8 and int8
    (int8 I/O), calibrated on 16 seeded random RAW crops of the training photos; plus ``int8 +
-   selective precision`` (``compress.selective``, budget 0.1 dB, at most 4 float layers) when present;
-3. **QAT**: ``compress.qat.qat_finetune`` for a quarter of the training steps at a tenth of the
+   selective precision`` (``compress.quantization.selective``, budget 0.1 dB, at most 4 float layers) when present;
+3. **QAT**: ``compress.quantization.qat.qat_finetune`` for a quarter of the training steps at a tenth of the
    learning rate with output KD (weight 0.5) from the float model, then TFLite int8 PTQ of the QAT
    weights on the same frames.  **Control**: the same fine-tune (same steps, lr, KD, data) without
    fake quantization, then the same int8 PTQ; so a QAT gain is not just "more training";
-4. Intel Neural Compressor PT2E static INT8 (``compress.inc_quant.inc_autotune``, budget 0.1 dB on the
-   held-out photos), and ONNX Runtime QDQ int8 (U8S8 and S8S8) and int16 (``compress.onnx_quant``).
+4. Intel Neural Compressor PT2E static INT8 (``compress.quantization.inc_quant.inc_autotune``, budget 0.1 dB on the
+   held-out photos), and ONNX Runtime QDQ int8 (U8S8 and S8S8) and int16 (``compress.quantization.onnx_quant``).
 
 Quality: PSNR/SSIM of each runtime's output against the ground truth on the held-out photos; ``drop``
 is against the PyTorch float model the variant was made from (QAT and control: the original float
@@ -24,22 +24,37 @@ INC.  Writes ``benchmarks/results/quant.json`` and a table in ``docs/benchmarks.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import hashlib
 import json
-import os
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.report import machine, publish
+from benchmarks.distill_gain import held_out_pairs
+from benchmarks.report import ALL_THREADS, cli, measured_on, paragraph, publish, setup, stamp, table
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import QUANT_MODES, convert_onnx_to_tflite
+from compress.quantization.calibration import calibration_crops
+from compress.quantization.inc_quant import inc_autotune
+from compress.quantization.onnx_quant import quantize_onnx
+from compress.quantization.qat import qat_finetune
+from compress.quantization.selective import SelectivePrecision
+from compress.runtime.latency import onnx_latency_ms, torch_latency_ms
+from compress.runtime.parity import run_onnx, run_tflite
+from compress.runtime.profile import size_kb
+from distill.data.datasets import PairedPatchDataset
+from distill.data.embedded import load_embedded
+from distill.distiller import Distiller
+from distill.metrics import centre_crop_pair, psnr, psnr_db, ssim
+from distill.trainer import TrainSpec, train
+from students import create_student
 
 MODELS = {
     "lwisp": ({"width": 0.25}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
@@ -48,8 +63,9 @@ MODELS = {
     "lwisp_w1": ({"width": 1.0}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
 }
 # A case where INT8 PTQ loses >= 0.2 dB, to see whether QAT beats PTQ there: LW-ISP converted *without*
-# compress.graph_rewrites.untie_shared_reduce_extrema, i.e. as plain onnx2tf + TFLite's INT8 quantizer
-# leave it (three skip tensors clipped to [0, max]; docs/quantization.md).  Not run by default.
+# compress.export.graph_rewrites.untie_shared_reduce_extrema (``convert_onnx_to_tflite(untie_reduce_extrema=False)``),
+# i.e. as plain onnx2tf + TFLite's INT8 quantizer leave it (three skip tensors clipped to [0, max];
+# docs/quantization.md).  Not run by default.
 TIED_CHANNEL_MAX = {"lwisp_tied": "lwisp"}
 STUDENTS = {**TIED_CHANNEL_MAX, "lwisp_w1": "lwisp"}  # benchmark name -> registry name, where they differ
 DEFAULT_MODELS = ["lwisp", "smallnet", "lwisp_w1"]
@@ -59,20 +75,6 @@ def student_name(name: str) -> str:
     return STUDENTS.get(name, name)
 
 
-@contextlib.contextmanager
-def _converted_as_tflite_leaves_it(name: str) -> Iterator[None]:
-    """For the ``TIED_CHANNEL_MAX`` cases, switch the channel-max untie rewrite off while converting."""
-    if name not in TIED_CHANNEL_MAX:
-        yield
-        return
-    from compress import graph_rewrites
-
-    original = graph_rewrites.untie_shared_reduce_extrema
-    graph_rewrites.untie_shared_reduce_extrema = lambda model: 0  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        graph_rewrites.untie_shared_reduce_extrema = original
 PATCH = 32
 CALIBRATION_FRAMES = 16
 KD_WEIGHT = 0.5
@@ -85,9 +87,6 @@ class Held:
     """The held-out photos as one batch (they share one packed size) and scorers for every runtime."""
 
     def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        from benchmarks.distill_gain import held_out_pairs
-        from distill.data.embedded import load_embedded
-
         self.pairs = held_out_pairs(load_embedded("eval", seed=0)) if pairs is None else pairs
         shapes = {tuple(raw.shape) for raw, _ in self.pairs}
         if len(shapes) != 1:
@@ -97,23 +96,16 @@ class Held:
         self.shape = (1, *self.raw.shape[1:])
 
     def score(self, out: np.ndarray | torch.Tensor) -> dict[str, float]:
-        from distill.metrics import psnr, ssim
-
         out = torch.as_tensor(np.asarray(out, dtype=np.float32)).clamp(0, 1)
         return {"psnr": psnr(out, self.rgb), "ssim": ssim(out, self.rgb)}
 
     @classmethod
-    def training_crops(cls, train_pairs: list[Any], shape: tuple[int, ...]) -> "Held":
+    def training_crops(cls, train_pairs: list[Any], shape: tuple[int, ...]) -> Held:
         """The centre of every training photo at the held-out size: selective precision searches on the
         held-out photos (as a recipe searches on its eval crops), and these show whether its choice
         also holds on photos it did not see."""
-        h, w = shape[-2:]
-        crops = []
-        for p in train_pairs:
-            y, x = (p.raw.shape[1] - h) // 2, (p.raw.shape[2] - w) // 2
-            crops.append((torch.from_numpy(p.raw[:, y : y + h, x : x + w]),
-                          torch.from_numpy(p.rgb[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)])))
-        return cls(crops)
+        return cls([centre_crop_pair(torch.from_numpy(p.raw), torch.from_numpy(p.rgb), shape[-2:])
+                    for p in train_pairs])
 
     @torch.no_grad()
     def torch_out(self, model: torch.nn.Module) -> torch.Tensor:
@@ -121,44 +113,15 @@ class Held:
 
 
 def _train_float(name: str, config: dict[str, Any], train_cfg: dict[str, Any], data: Any) -> torch.nn.Module:
-    from distill.trainer import TrainSpec, train
-    from students import create_student
-
     torch.manual_seed(0)
     model = create_student(student_name(name), **config)
     train(model, data, TrainSpec(**train_cfg, log_every=10_000), seed=0, desc=f"{name} float")
     return model.eval()
 
 
-def _run_tflite(path: Path, x: np.ndarray, builtin: bool = False) -> np.ndarray:
-    """Float NCHW through TFLite as an app runs it: ai-edge-litert with its default XNNPACK delegate.
-
-    ``builtin=True`` uses TFLite's own kernels instead (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``), for
-    the reference row: their INT8 LEAKY_RELU floors negative outputs (a -0.25..-0.34 step bias that
-    convs sum up: 0.36 dB on LW-ISP at width 1, none on XNNPACK), so they understate what ships.
-    """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from compress.parity import _dequantize, _quantize
-
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    outputs = []
-    for frame in np.transpose(x, (0, 2, 3, 1)):
-        interpreter.set_tensor(inp["index"], _quantize(frame[None], inp))
-        interpreter.invoke()
-        outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
-    return np.transpose(np.concatenate(outputs), (0, 3, 1, 2))
-
-
 def _tflite_latency(path: Path) -> dict[str, Any]:
     """XNNPACK latency per thread count, measured in a child process so a delegate crash is a result."""
-    import subprocess
-    import sys
-
-    code = ("import json, sys; from compress.latency import tflite_latency_ms; "
+    code = ("import json, sys; from compress.runtime.latency import tflite_latency_ms; "
             f"print(json.dumps({{n: tflite_latency_ms(sys.argv[1], num_threads=n, runs={LATENCY_RUNS})['median_ms'] "
             f"for n in {list(THREADS)}}}))")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
@@ -171,50 +134,34 @@ def _tflite_latency(path: Path) -> dict[str, Any]:
 
 
 def _onnx_latency(path: Path) -> dict[str, float]:
-    from compress.latency import onnx_latency_ms
-
     return {f"latency_ms_{n}t": onnx_latency_ms(path, num_threads=n, runs=LATENCY_RUNS)["median_ms"] for n in THREADS}
 
 
-def _size_kb(path: Path) -> float:
-    return path.stat().st_size / 1024
-
-
-def _selective(search_set: Held, fp32_holder: dict[str, float]) -> Any:
-    """``SelectivePrecision`` hook for the int8 build (its drops measured on XNNPACK on ``search_set``),
-    or None when compress.selective is not there."""
-    try:
-        from compress.selective import SelectivePrecision
-    except ImportError:
-        return None
+def _selective(search_set: Held, fp32_holder: dict[str, float]) -> SelectivePrecision:
+    """``SelectivePrecision`` hook for the int8 build (its drops measured on XNNPACK on ``search_set``)."""
     def drop_db(candidate: Path, fp32: Path) -> float:
         if "psnr" not in fp32_holder:
-            fp32_holder["psnr"] = search_set.score(_run_tflite(fp32, search_set.raw.numpy()))["psnr"]
-        return fp32_holder["psnr"] - search_set.score(_run_tflite(candidate, search_set.raw.numpy()))["psnr"]
+            fp32_holder["psnr"] = search_set.score(run_tflite(fp32, search_set.raw.numpy()))["psnr"]
+        return fp32_holder["psnr"] - search_set.score(run_tflite(candidate, search_set.raw.numpy()))["psnr"]
 
     return SelectivePrecision(max_drop_db=BUDGET_DB, max_float_layers=4, drop_db=drop_db, key="int8_selective")
 
 
 def _tflite_rows(model: torch.nn.Module, held: Held, frames: np.ndarray, work: Path,
-                 modes: list[str]) -> dict[str, Path]:
-    from compress.onnx_export import export_onnx
-    from compress.tflite import QUANT_MODES, convert_onnx_to_tflite
-
+                 modes: list[str], untie: bool) -> dict[str, Path]:
     onnx_path = export_onnx(model, work / "model.onnx", held.shape)
     modes = [m for m in modes if m in QUANT_MODES]  # modes added later (dynamic) only when present
-    return {"onnx": onnx_path, **convert_onnx_to_tflite(onnx_path, work / "tflite", frames, int8_io=True, modes=modes)}
+    return {"onnx": onnx_path, **convert_onnx_to_tflite(onnx_path, work / "tflite", frames, int8_io=True, modes=modes,
+                                                        untie_reduce_extrema=untie)}
 
 
-def _selective_row(onnx_path: Path, search_set: Held, frames: np.ndarray,
-                   work: Path) -> tuple[Path | None, Any, str | None]:
+def _selective_row(onnx_path: Path, search_set: Held, frames: np.ndarray, work: Path,
+                   untie: bool) -> tuple[Path | None, Any, str | None]:
     """The selective-precision int8 build in its own conversion, so its failure loses no other row."""
-    from compress.tflite import convert_onnx_to_tflite
-
     hook = _selective(search_set, {})
-    if hook is None:
-        return None, None, "compress.selective not available"
     try:
-        files = convert_onnx_to_tflite(onnx_path, work / "selective", frames, int8_io=True, modes=[], extra=hook)
+        files = convert_onnx_to_tflite(onnx_path, work / "selective", frames, int8_io=True, modes=[], extra=hook,
+                                       untie_reduce_extrema=untie)
     except Exception as exc:  # recorded in the results: a failing search is a finding, not a crash
         return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
     return files.get("int8_selective"), hook.result, None
@@ -223,8 +170,6 @@ def _selective_row(onnx_path: Path, search_set: Held, frames: np.ndarray,
 def _float_model(name: str, config: dict[str, Any], train_cfg: dict[str, Any], data: Any,
                  reuse: Path | None) -> tuple[torch.nn.Module, bool]:
     """Train, or load from ``reuse`` a model trained with the same name, config and schedule."""
-    from students import create_student
-
     key = json.dumps([name, config, train_cfg, PATCH], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = reuse / f"{name}-{digest}.pt" if reuse is not None else None
@@ -241,18 +186,8 @@ def _float_model(name: str, config: dict[str, Any], train_cfg: dict[str, Any], d
 
 
 def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path | None = None) -> dict[str, Any]:
-    from compress.inc_quant import inc_autotune
-    from compress.latency import torch_latency_ms
-    from compress.onnx_quant import quantize_onnx
-    from compress.parity import psnr_db, run_onnx
-    from compress.qat import qat_finetune
-    from distill.data.datasets import PairedPatchDataset
-    from distill.data.embedded import load_embedded
-    from distill.distiller import Distiller
-    from distill.trainer import TrainSpec, train
-    from compress.calibration import calibration_crops
-
     config, train_cfg = MODELS[name]
+    untie = name not in TIED_CHANNEL_MAX  # the tied cases convert without the channel-max untie rewrite
     train_cfg = {**train_cfg, "steps": max(1, round(train_cfg["steps"] * scale))}
     train_pairs = load_embedded("train", seed=0)
     data = PairedPatchDataset(train_pairs, patch_size=PATCH, patches_per_image=32, seed=0)
@@ -274,34 +209,34 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
 
     add("fp32", "PyTorch", float_scores, float_scores["psnr"])
     start = time.perf_counter()
-    files = _tflite_rows(float_model, held, frames, work / "float", ["float16", "dynamic", "int16x8", "int8"])
+    files = _tflite_rows(float_model, held, frames, work / "float", ["float16", "dynamic", "int16x8", "int8"], untie)
     timings["tflite_convert_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    selective_path, selective, selective_error = _selective_row(files["onnx"], held, frames, work)
+    selective_path, selective, selective_error = _selective_row(files["onnx"], held, frames, work, untie)
     timings["selective_s"] = time.perf_counter() - start
     if selective_path is not None:
         files["int8_selective"] = selective_path
     crops = Held.training_crops(train_pairs, held.shape)
-    fp32_out = {"held": _run_tflite(files["fp32"], held.raw.numpy()),
-                "crops": _run_tflite(files["fp32"], crops.raw.numpy())}
+    fp32_out = {"held": run_tflite(files["fp32"], held.raw.numpy()),
+                "crops": run_tflite(files["fp32"], crops.raw.numpy())}
     crops_drop: dict[str, float] = {}
     offsets: dict[str, list[float]] = {}
     for key in ("fp32", "float16", "dynamic", "int16x8", "int8", "int8_selective"):
         if key not in files:
             continue
-        extra: dict[str, Any] = {"size_kb": _size_kb(files[key])}
+        extra: dict[str, Any] = {"size_kb": size_kb(files[key])}
         if key in ("fp32", "int8"):
             extra.update(_tflite_latency(files[key]))
         if key == "int8_selective" and selective is not None:
             extra["float_layers"] = len(selective.float_layers)
         label = {"int8": "int8 PTQ", "int8_selective": "int8 PTQ + selective precision"}.get(key, key)
         for builtin in (False, True) if key == "int8" else (False,):
-            out = _run_tflite(files[key], held.raw.numpy(), builtin=builtin)
+            out = run_tflite(files[key], held.raw.numpy(), builtin=builtin)
             tag = f"{key}_builtin" if builtin else key
             add(f"{label}, builtin kernels (no XNNPACK)" if builtin else label, "TFLite", held.score(out),
                 float_scores["psnr"], parity_db=psnr_db(out, fp32_out["held"]), **({} if builtin else extra))
             if key.startswith("int8"):  # is the drop a property of the two held-out photos? the 7 training crops
-                crops_out = _run_tflite(files[key], crops.raw.numpy(), builtin=builtin)
+                crops_out = run_tflite(files[key], crops.raw.numpy(), builtin=builtin)
                 crops_drop[tag] = crops.score(fp32_out["crops"])["psnr"] - crops.score(crops_out)["psnr"]
                 offsets[tag] = [float(v) for v in (out - fp32_out["held"]).mean(axis=(0, 2, 3))]
 
@@ -318,13 +253,13 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     for label, tuned in (("QAT", qat.model), ("float fine-tune (control)", control.eval())):
         tag = "qat" if label == "QAT" else "control"
         add(f"{label} fp32", "PyTorch", held.score(held.torch_out(tuned)), float_scores["psnr"])
-        tuned_files = _tflite_rows(tuned, held, frames, work / tag, ["int8"])
-        tuned_fp32 = _run_tflite(tuned_files["fp32"], held.raw.numpy())  # parity: what QAT is meant to raise
+        tuned_files = _tflite_rows(tuned, held, frames, work / tag, ["int8"], untie)
+        tuned_fp32 = run_tflite(tuned_files["fp32"], held.raw.numpy())  # parity: what QAT is meant to raise
         for builtin in (False, True):
-            out = _run_tflite(tuned_files["int8"], held.raw.numpy(), builtin=builtin)
+            out = run_tflite(tuned_files["int8"], held.raw.numpy(), builtin=builtin)
             add(f"{label} -> int8 PTQ" + (", builtin kernels (no XNNPACK)" if builtin else ""), "TFLite",
                 held.score(out), float_scores["psnr"], parity_db=psnr_db(out, tuned_fp32),
-                **({} if builtin else {"size_kb": _size_kb(tuned_files["int8"])}))
+                **({} if builtin else {"size_kb": size_kb(tuned_files["int8"])}))
 
     # Intel Neural Compressor (PyTorch, x86)
     start = time.perf_counter()
@@ -340,12 +275,12 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
 
     # ONNX Runtime QDQ
     add("fp32", "ONNX Runtime", held.score(run_onnx(files["onnx"], held.raw.numpy())), float_scores["psnr"],
-        size_kb=_size_kb(files["onnx"]), **_onnx_latency(files["onnx"]))
+        size_kb=size_kb(files["onnx"]), **_onnx_latency(files["onnx"]))
     for label, mode_, act in (("int8 QDQ (U8S8)", "int8", "uint8"), ("int8 QDQ (S8S8)", "int8", "int8"),
                               ("int16 QDQ", "int16", "uint8")):
         path = quantize_onnx(files["onnx"], work / f"ort_{mode_}_{act}.onnx", frames, mode_, activation_type=act)
         add(label, "ONNX Runtime", held.score(run_onnx(path, held.raw.numpy())), float_scores["psnr"],
-            size_kb=_size_kb(path), **_onnx_latency(path))
+            size_kb=size_kb(path), **_onnx_latency(path))
 
     by = {(r["runtime"], r["variant"]): r for r in rows}
     ptq, qat_row = by[("TFLite", "int8 PTQ")], by[("TFLite", "QAT -> int8 PTQ")]
@@ -382,58 +317,55 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def publish_result(result: dict[str, Any]) -> None:
-    rows = ["| model | runtime | variant | PSNR dB | SSIM | drop dB | parity vs fp32 TFLite dB | size KB | ms 1t "
-            "| ms 2t |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        rows.append(f"| {r['model']} | {r['runtime']} | {r['variant']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                    f"{r['drop_db']:+.3f} | {_fmt(r.get('parity_db'), '.1f')} | {_fmt(r.get('size_kb'), '.0f')} | "
-                    f"{_fmt(r.get('latency_ms_1t'), '.1f')} | {_fmt(r.get('latency_ms_2t'), '.1f')} |")
-    rows += ["", "| model | train / fine-tune steps | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB | "
-             "QAT - PTQ dB | QAT - control dB | TFLite int8/fp32 latency 1t, 2t |", "|---|---|---|---|---|---|---|---|"]
-    for s in result["summaries"]:
-        ratio = s["int8_over_fp32_latency"] or {"1t": float("nan"), "2t": float("nan")}
-        rows.append(f"| {s['model']} {s['config']} | {s['train_steps']} / {s['finetune_steps']} | {s['ptq_drop_db']:+.3f} | "
-                    f"{s['qat_drop_db']:+.3f} | {s['control_drop_db']:+.3f} | {s['qat_minus_ptq_db']:+.3f} | "
-                    f"{s['qat_minus_control_db']:+.3f} | {ratio['1t']:.2f}, {ratio['2t']:.2f} |")
+    summaries = result["summaries"]
+    rows = table(["model", "runtime", "variant", "PSNR dB", "SSIM", "drop dB", "parity vs fp32 TFLite dB", "size KB",
+                  "ms 1t", "ms 2t"],
+                 ([r["model"], r["runtime"], r["variant"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['drop_db']:+.3f}",
+                   _fmt(r.get("parity_db"), ".1f"), _fmt(r.get("size_kb"), ".0f"), _fmt(r.get("latency_ms_1t"), ".1f"),
+                   _fmt(r.get("latency_ms_2t"), ".1f")] for r in result["rows"]))
+    nan = {"1t": float("nan"), "2t": float("nan")}
+    rows += ["", *table(["model", "train / fine-tune steps", "PTQ int8 drop dB", "QAT int8 drop dB",
+                         "control int8 drop dB", "QAT - PTQ dB", "QAT - control dB", "TFLite int8/fp32 latency 1t, 2t"],
+                        ([f"{s['model']} {s['config']}", f"{s['train_steps']} / {s['finetune_steps']}",
+                          *(f"{s[k]:+.3f}" for k in ("ptq_drop_db", "qat_drop_db", "control_drop_db", "qat_minus_ptq_db",
+                                                     "qat_minus_control_db")),
+                          "{1t:.2f}, {2t:.2f}".format(**(s["int8_over_fp32_latency"] or nan))] for s in summaries))]
     rows += ["", "The same on TFLite's builtin kernels (no XNNPACK; their INT8 leaky ReLU floors negatives), and "
              "each int8 model's parity with the fp32 TFLite model of its own weights (the quantization error alone, "
              "what QAT trains against; XNNPACK / builtin):", "",
-             "| model | PTQ int8 drop dB | QAT int8 drop dB | control int8 drop dB | parity PTQ dB | parity QAT dB "
-             "| parity control dB |", "|---|---|---|---|---|---|---|"]
-    for s in result["summaries"]:
-        drops, par = s["builtin_kernels_drop_db"], s["int8_parity_db"]
-        rows.append(f"| {s['model']} | {drops['ptq']:+.3f} | {drops['qat']:+.3f} | {drops['control']:+.3f} | "
-                    + " | ".join(f"{par[k]:.1f} / {par[k + '_builtin']:.1f}" for k in ("ptq", "qat", "control"))
-                    + " |")
+             *table(["model", "PTQ int8 drop dB", "QAT int8 drop dB", "control int8 drop dB", "parity PTQ dB",
+                     "parity QAT dB", "parity control dB"],
+                    ([s["model"], *(f"{s['builtin_kernels_drop_db'][k]:+.3f}" for k in ("ptq", "qat", "control")),
+                      *(f"{s['int8_parity_db'][k]:.1f} / {s['int8_parity_db'][k + '_builtin']:.1f}"
+                        for k in ("ptq", "qat", "control"))] for s in summaries))]
     rows += ["", "Is an int8 drop a property of the two held-out photos?  The same files on the centres of the 7 "
              "training photos (drop vs the fp32 TFLite model), and the mean int8 - fp32 output offset on the "
              "held-out photos (R, G, B, x1e-3):", "",
-             "| model | variant | drop on training crops dB | mean offset held-out x1e-3 |", "|---|---|---|---|"]
-    for s in result["summaries"]:
-        for tag, drop in s.get("int8_drop_on_training_crops_db", {}).items():
-            offset = ", ".join(f"{1e3 * v:+.1f}" for v in s["int8_mean_offset_rgb"][tag])
-            rows.append(f"| {s['model']} | {tag} | {drop:+.3f} | {offset} |")
+             *table(["model", "variant", "drop on training crops dB", "mean offset held-out x1e-3"],
+                    ([s["model"], tag, f"{drop:+.3f}", ", ".join(f"{1e3 * v:+.1f}" for v in s["int8_mean_offset_rgb"][tag])]
+                     for s in summaries for tag, drop in s.get("int8_drop_on_training_crops_db", {}).items()))]
     rows += [f"\nTFLite {variant} on {s['model']}: {error}" for s in result["summaries"]
              for variant, error in s["tflite_latency_errors"].items()]
     rows += [f"\nSelective precision on {s['model']} failed: `{s['selective_error']}`" for s in result["summaries"]
              if s.get("selective_error")]
-    intro = (f"Measured {result['date']} on {result['machine']} (shared with other jobs: latencies are noisy), "
-             f"step scale {result['scale']}, wall {result['wall_s'] / 60:.1f} min.  Each student trained briefly on "
-             "the embedded data (seed 0); PSNR/SSIM on the two whole held-out photos (packed 64x128).  'drop' is "
-             "against the PyTorch float model (QAT and control rows: the original float model); 'parity' is PSNR "
-             "against the fp32 TFLite model of the same weights.  TFLite models are "
-             "scored as apps run them, with the default XNNPACK delegate (one int8 row also on TFLite's builtin "
-             "kernels, whose INT8 leaky ReLU is biased); TFLite int8 has int8 I/O; calibration is 16 random RAW training crops for every quantizer.  QAT: "
-             "`compress.qat.qat_finetune`, a quarter of the training steps at a tenth of the lr with output KD "
-             "(0.5); control: the same fine-tune without fake quantization.  INC: PT2E static int8 autotuned "
-             f"against a {BUDGET_DB} dB budget, timed in PyTorch ({result['latency_mode']}).  Latency: median of "
-             f"{LATENCY_RUNS} at the held-out size (small: fixed costs weigh more than at Full HD).")
+    intro = paragraph("""
+        {measured} (shared with other jobs: latencies are noisy), step scale {scale}, wall {wall_min:.1f} min.
+        Each student trained briefly on the embedded data (seed 0); PSNR/SSIM on the two whole held-out
+        photos (packed 64x128).  'drop' is against the PyTorch float model (QAT and control rows: the
+        original float model); 'parity' is PSNR against the fp32 TFLite model of the same weights.  TFLite
+        models are scored as apps run them, with the default XNNPACK delegate (one int8 row also on TFLite's
+        builtin kernels, whose INT8 leaky ReLU is biased); TFLite int8 has int8 I/O; calibration is 16
+        random RAW training crops for every quantizer.  QAT: `compress.quantization.qat.qat_finetune`, a
+        quarter of the training steps at a tenth of the lr with output KD (0.5); control: the same fine-tune
+        without fake quantization.  INC: PT2E static int8 autotuned against a {budget} dB budget, timed in
+        PyTorch ({latency_mode}).  Latency: median of {runs} at the held-out size (small: fixed costs weigh
+        more than at Full HD).""", measured=measured_on(result), wall_min=result["wall_s"] / 60, budget=BUDGET_DB,
+                      runs=LATENCY_RUNS, **result)
     publish("quant", "Quantization: every variant, and QAT vs PTQ", intro, rows, result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
                         help="lwisp_w1: LW-ISP at the paper's width; lwisp_tied: LW-ISP (width 0.25) without the "
                              "channel-max untie rewrite (PTQ loses ~1 dB)")
@@ -442,17 +374,13 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None,
                         help="folder to keep trained float models in and reuse them from (same config and steps)")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    torch.set_num_threads(min(os.cpu_count() or 1, 16))
+    setup(ALL_THREADS)
     started = time.perf_counter()
-    measured = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            with _converted_as_tflite_leaves_it(name):
-                measured.append(measure(name, args.scale, Path(tmp) / name, args.compile, args.reuse))
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "scale": args.scale,
-              "latency_mode": "compiled" if args.compile else "eager", "wall_s": time.perf_counter() - started,
-              "summaries": [m["summary"] for m in measured], "rows": [r for m in measured for r in m["rows"]]}
+        measured = [measure(name, args.scale, Path(tmp) / name, args.compile, args.reuse) for name in args.models]
+    result = stamp(scale=args.scale, latency_mode="compiled" if args.compile else "eager",
+                   wall_s=time.perf_counter() - started, summaries=[m["summary"] for m in measured],
+                   rows=[r for m in measured for r in m["rows"]])
     publish_result(result)
     print(json.dumps(result["summaries"], indent=2))
 

@@ -8,7 +8,6 @@ Runs the recipe in this process (no stage cache) while a sampler thread reads th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -17,8 +16,10 @@ import time
 from pathlib import Path
 
 import psutil
-from benchmarks.report import machine, publish
 
+from benchmarks.report import cli, measured_on, publish, setup, stamp, table
+from recipes.loader import load_recipe
+from recipes.runner import run_recipe
 
 
 class PeakSampler(threading.Thread):
@@ -41,25 +42,21 @@ class PeakSampler(threading.Thread):
 
 
 def publish_result(result: dict) -> None:
-    rows = ["| stage | wall s | peak RSS MB | PSNR dB |", "|---|---|---|---|"]
-    for s in result["stages"]:
-        psnr = f"{s['psnr']:.2f}" if s.get("psnr") is not None else "-"
-        rows.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {psnr} |")
+    rows = table(["stage", "wall s", "peak RSS MB", "PSNR dB"],
+                 ([s["stage"], f"{s['seconds']:.1f}", f"{s['peak_rss_mb']:.0f}",
+                   f"{s['psnr']:.2f}" if s.get("psnr") is not None else "-"] for s in result["stages"]))
     rows.append(f"| **total** | **{result['total_seconds']:.1f}** | {result['peak_rss_mb']:.0f} | |")
-    intro = (f"Measured {result['date']} on {result['machine']}, recipe "
+    intro = (f"{measured_on(result)}, recipe "
              f"`{result['recipe']}` with overrides {result['overrides'] or 'none'}.")
     publish("quickstart", "Quickstart recipe: time and memory per stage", intro, rows, result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--recipe", default="quickstart")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from recipes.loader import load_recipe
-    from recipes.runner import run_recipe
-
+    setup()
     recipe, path = load_recipe(args.recipe, args.overrides)
     sampler = PeakSampler()
     sampler.start()
@@ -75,11 +72,8 @@ def main() -> None:
         run_recipe(recipe, path, Path(workdir), use_cache=False, on_stage=on_stage)
     total = time.perf_counter() - start
     sampler.stop_flag.set()
-    result = {
-        "recipe": recipe.name, "overrides": args.overrides, "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(), "cpus": os.cpu_count(),
-        "total_seconds": total, "peak_rss_mb": max(s["peak_rss_mb"] for s in stages), "stages": stages,
-    }
+    result = stamp(recipe=recipe.name, overrides=args.overrides, cpus=os.cpu_count(), total_seconds=total,
+                   peak_rss_mb=max(s["peak_rss_mb"] for s in stages), stages=stages)
     publish_result(result)
     print(json.dumps(result, indent=2))
 

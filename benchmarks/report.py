@@ -1,13 +1,29 @@
-"""Shared by the benchmark scripts: write a result JSON and replace one table in docs/benchmarks.md."""
+"""Shared by the benchmark scripts: their command line, the result header, and writing a result JSON plus
+one table in docs/benchmarks.md.
+
+Every benchmark starts and ends the same way (a command line described by its docstring; a JSON under
+``benchmarks/results`` and its table between markers in the docs page), so that lives here once:
+``cli``/``setup`` at the start of ``main``, ``stamp`` for the result, ``table`` and ``measured_on`` for
+the docs, ``publish`` at the end.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import re
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+ALL_THREADS = min(os.cpu_count() or 1, 16)
+"""torch threads for the training benchmarks: every CPU, at most 16."""
 
 
 def machine() -> str:
@@ -21,6 +37,41 @@ def machine() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} CPUs"
+
+
+def cli(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser, described by the first paragraph of its module docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
+def setup(threads: int | None = None) -> None:
+    """Quiet TensorFlow's C++ log (converters print pages) and set torch's threads (None: leave them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def stamp(**fields: Any) -> dict[str, Any]:
+    """A result headed by today's date and this machine, as every result JSON starts."""
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), **fields}
+
+
+def measured_on(result: dict[str, Any]) -> str:
+    """The start of every table's introduction: when and where the result was measured."""
+    return f"Measured {result['date']} on {result['machine']}"
+
+
+def paragraph(text: str, **fields: Any) -> str:
+    """A table's introduction written as an indented triple-quoted block, as the one markdown line the
+    docs page keeps it on: a line break is a space (two after a full stop), then ``str.format(**fields)``."""
+    joined = re.sub(r"\.\n\s*", ".  ", text.strip())
+    return re.sub(r"\s*\n\s*", " ", joined).format(**fields)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+    """A markdown table's lines from the header cells and one sequence of (formatted) cells per row."""
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join(align or ["---"] * len(header)) + "|", *(line(r) for r in rows)]
 
 
 def publish(name: str, heading: str, intro: str, rows: list[str], result: dict) -> None:

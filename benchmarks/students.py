@@ -19,17 +19,26 @@ converged quality.  Writes ``benchmarks/results/students.json`` and a table in `
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
-from benchmarks.report import machine, publish
+
+from benchmarks.report import cli, measured_on, paragraph, publish, setup, stamp, table
+from compress.checkpoint import load_model
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import convert_onnx_to_tflite
+from compress.export.tflite_inspect import assert_builtin_only
+from compress.runtime.latency import tflite_latency_ms
+from compress.runtime.profile import count_macs, count_params, size_kb
+from distill.challenge_scores import mai2021_score, mai2022_score
+from recipes.results import ModelResult, QuantizeResult
+from recipes.runner import run_recipe
+from recipes.schema import Recipe
+from students import list_students
 
 FHD_PACKED = (544, 960)  # 1088x1920 RGB output
 
@@ -55,15 +64,6 @@ def _fhd_calibration(eval_raw: np.ndarray, frames: int = 4) -> np.ndarray:
 
 
 def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> dict:
-    from compress.checkpoint import load_model
-    from compress.latency import tflite_latency_ms
-    from compress.onnx_export import export_onnx
-    from compress.profile import count_macs, count_params
-    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite
-    from distill.challenge_scores import mai2021_score, mai2022_score
-    from recipes.schema import Recipe
-    from recipes.runner import run_recipe
-
     work = root / name
     work.mkdir(parents=True)
     data = _recipe(name, steps, eval_size)
@@ -75,9 +75,9 @@ def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> di
     by_stage = {o.name: o for o in outcomes}
     quality = by_stage["export"].metrics
 
-    model, _ = load_model(Path(by_stage["fold"].outputs["model"]))
+    model, _ = load_model(by_stage["fold"].typed(ModelResult).model)
     model.eval()
-    calibration = _fhd_calibration(np.load(by_stage["quantize"].outputs["calibration"]))
+    calibration = _fhd_calibration(np.load(by_stage["quantize"].typed(QuantizeResult).calibration))
     onnx_path = export_onnx(model, work / "fhd" / "model.onnx", (1, 4, *FHD_PACKED))
     tflite = convert_onnx_to_tflite(onnx_path, work / "fhd" / "tflite", calibration, modes=("int8",))
     row = {"student": name, "params": count_params(model), "gmacs_fhd": count_macs(model, (1, 4, *FHD_PACKED)) / 1e9,
@@ -85,7 +85,7 @@ def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> di
            "psnr_int8": quality["psnr_tflite_int8"], "ssim_int8": quality["ssim_tflite_int8"]}
     for fmt in ("fp32", "int8"):
         assert_builtin_only(tflite[fmt])
-        row[f"size_kb_{fmt}"] = tflite[fmt].stat().st_size / 1024
+        row[f"size_kb_{fmt}"] = size_kb(tflite[fmt])
         for threads in (1, 2):
             row[f"latency_ms_{fmt}_{threads}t"] = tflite_latency_ms(tflite[fmt], num_threads=threads, runs=5)["median_ms"]
     runtime = row["latency_ms_int8_2t"]
@@ -95,40 +95,33 @@ def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> di
 
 
 def publish_result(result: dict) -> None:
-    rows = ["| student | params | GMACs FHD | PSNR fp32 / int8 | size KB fp32 / int8 | "
-            "FHD ms fp32 1t / 2t | FHD ms int8 1t / 2t | MAI21 | MAI22 |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["students"]:
-        rows.append(
-            f"| {r['student']} | {r['params']:,} | {r['gmacs_fhd']:.1f} | {r['psnr_fp32']:.2f} / {r['psnr_int8']:.2f} | "
-            f"{r['size_kb_fp32']:.0f} / {r['size_kb_int8']:.0f} | "
-            f"{r['latency_ms_fp32_1t']:.0f} / {r['latency_ms_fp32_2t']:.0f} | "
-            f"{r['latency_ms_int8_1t']:.0f} / {r['latency_ms_int8_2t']:.0f} | "
-            f"{r['mai2021_score']:.2f} | {r['mai2022_score']:.3g} |")
-    intro = (f"Measured {result['date']} on {result['machine']}.  Each student trained {result['steps']} steps "
-             f"(batch 4, 64-px packed crops, L1 + 0.2 SSIM, no teacher) on the embedded data; PSNR of the "
-             f"TFLite models on {result['eval_size'][0]}x{result['eval_size'][1]} packed centre crops of the "
-             "held-out photos.  Latency: TFLite interpreter (XNNPACK) at Full-HD output (packed input 544x960), "
-             "median of 5.  Scores use the INT8 PSNR and the 2-thread INT8 latency (CPU, not the "
-             "challenges' phones: compare rows, not leaderboards).")
+    rows = table(["student", "params", "GMACs FHD", "PSNR fp32 / int8", "size KB fp32 / int8", "FHD ms fp32 1t / 2t",
+                  "FHD ms int8 1t / 2t", "MAI21", "MAI22"],
+                 ([r["student"], f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}", f"{r['psnr_fp32']:.2f} / {r['psnr_int8']:.2f}",
+                   f"{r['size_kb_fp32']:.0f} / {r['size_kb_int8']:.0f}",
+                   f"{r['latency_ms_fp32_1t']:.0f} / {r['latency_ms_fp32_2t']:.0f}",
+                   f"{r['latency_ms_int8_1t']:.0f} / {r['latency_ms_int8_2t']:.0f}",
+                   f"{r['mai2021_score']:.2f}", f"{r['mai2022_score']:.3g}"] for r in result["students"]))
+    intro = paragraph("""
+        {measured}.  Each student trained {steps} steps (batch 4, 64-px packed crops, L1 + 0.2 SSIM, no
+        teacher) on the embedded data; PSNR of the TFLite models on {eval_size[0]}x{eval_size[1]} packed
+        centre crops of the held-out photos.  Latency: TFLite interpreter (XNNPACK) at Full-HD output
+        (packed input 544x960), median of 5.  Scores use the INT8 PSNR and the 2-thread INT8 latency (CPU,
+        not the challenges' phones: compare rows, not leaderboards).""", measured=measured_on(result), **result)
     publish("students", "Students: quality, size and Full-HD latency", intro, rows, result)
 
 
 def main() -> None:
-    from students import list_students
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--students", nargs="*", default=None)
     parser.add_argument("--eval-size", type=int, nargs=2, default=(96, 160))
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    torch.set_num_threads(2)
+    setup(2)
     names = args.students or list_students()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(n, args.steps, tuple(args.eval_size), Path(tmp)) for n in names]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": args.steps,
-              "eval_size": list(args.eval_size), "students": rows}
+    result = stamp(steps=args.steps, eval_size=list(args.eval_size), students=rows)
     publish_result(result)
     print(json.dumps(result, indent=2))
 

@@ -8,15 +8,15 @@ markers in ``docs/benchmarks.md``.  MACs use torch-pruning's counter (one multip
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
-from compress.profile import count_macs, count_params
-from benchmarks.report import machine, publish
+from benchmarks.report import cli, measured_on, paragraph, publish, stamp, table
+from compress.runtime.profile import count_macs, count_params
 from teachers import create_teacher
 
 TEACHERS = {"pynet": {"width": 1.0}, "punet": {"base_width": 16}, "aaunet": {"base_width": 16}}
@@ -26,7 +26,7 @@ PAPER_FLOPS_G = {"pynet": 342.698}
 input (448x448 output) to 0.01 %, so the paper's "FLOPs" are multiply-accumulates, not 2 x MACs."""
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -63,29 +63,26 @@ def measure(name: str, config: dict, size: int, repeats: int) -> dict:
 
 
 def publish_result(result: dict) -> None:
-    rows = ["| teacher | config | params | GMACs | paper \"GFLOPs\" | forward s | train step s |",
-            "|---|---|---|---|---|---|---|"]
-    for r in result["teachers"]:
-        paper = "-" if r["paper_flops_g"] is None else f"{r['paper_flops_g']:.3f}"
-        rows.append(f"| {r['teacher']} | {r['config']} | {r['params']:,} | {r['macs_g']:.3f} | {paper} | "
-                    f"{r['forward_s']:.2f} | {r['train_step_s']:.2f} |")
-    intro = (f"Measured {result['date']} on {result['machine']}, {result['threads']} threads, "
-             f"packed input {result['size']}x{result['size']} (batch 1, output twice the size).  "
-             "The paper column is LW-ISP Table 3's (224,224) figure: it equals our multiply-accumulate "
-             "count at a 224x224 packed input, so that paper counts MACs as FLOPs.")
+    rows = table(["teacher", "config", "params", "GMACs", "paper \"GFLOPs\"", "forward s", "train step s"],
+                 ([r["teacher"], r["config"], f"{r['params']:,}", f"{r['macs_g']:.3f}",
+                   "-" if r["paper_flops_g"] is None else f"{r['paper_flops_g']:.3f}", f"{r['forward_s']:.2f}",
+                   f"{r['train_step_s']:.2f}"] for r in result["teachers"]))
+    intro = paragraph("""
+        {measured}, {threads} threads, packed input {size}x{size} (batch 1, output twice the size).
+        The paper column is LW-ISP Table 3's (224,224) figure: it equals our multiply-accumulate count at
+        a 224x224 packed input, so that paper counts MACs as FLOPs.""", measured=measured_on(result), **result)
     publish("teachers", "Teachers: cost at published width", intro, rows, result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli(__doc__)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "threads": args.threads, "size": args.size,
-              "teachers": [measure(n, c, args.size, args.repeats) for n, c in TEACHERS.items()]}
+    result = stamp(threads=args.threads, size=args.size,
+                   teachers=[measure(n, c, args.size, args.repeats) for n, c in TEACHERS.items()])
     publish_result(result)
     print(json.dumps(result, indent=2))
 

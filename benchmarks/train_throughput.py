@@ -17,8 +17,9 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class GpuSampler:
             if value is not None:
                 self.samples.append(value)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         if self.device.type == "cuda":
             self._thread.start()
         return self

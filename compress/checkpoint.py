@@ -7,7 +7,6 @@ is enough to rebuild the exact module; the weights are a plain ``state_dict`` lo
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +15,12 @@ import torch_pruning as tp
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compress.atomic import atomic_torch_save, atomic_write_bytes
 from compress.fold import fold_model
-from compress.prune_rules import CUSTOMIZED_PRUNERS, ShuffleChainStandIn, dependency_graph, prunable_view
+from compress.pruning.rules import CUSTOMIZED_PRUNERS, ShuffleChainStandIn, dependency_graph, prunable_view
+from distill.atomic import atomic_torch_save, atomic_write_bytes
+from distill.checkpointing import CheckpointError, load_weights, state_mismatch
+from students import create_student
+from teachers import create_teacher
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
@@ -37,9 +39,6 @@ class ModelSpec(BaseModel):
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate the registry model and reshape it to the spec's widths / folded form."""
-    from students import create_student
-    from teachers import create_teacher
-
     create = create_teacher if spec.family == "teacher" else create_student
     model = create(spec.name, **spec.config)
     if spec.folded and spec.widths_after_fold:
@@ -106,44 +105,6 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> Path:
     atomic_write_bytes(folder / SPEC_FILE, spec.model_dump_json(indent=2).encode())
     atomic_torch_save(model.state_dict(), folder / WEIGHTS_FILE)  # a full disk: OSError naming the file
     return folder
-
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be used: unreadable, not plain tensors, or not this architecture."""
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A ``state_dict`` read with ``weights_only=True``: a pickle that would run code is refused, never run."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation", "Please file an issue"))),
-                      type(exc).__name__)
-        raise CheckpointError(f"{path}: refused: not a plain tensor checkpoint ({reason[:200]}); "
-                              "checkpoints are loaded with weights_only=True and never run code") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (parameter name -> tensor); got {type(state).__name__}")
-    return state
-
-
-def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """The first difference between ``model``'s parameters and ``state`` (a missing, unexpected or
-    differently shaped key), in words; None when the weights fit."""
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            return f"missing key {key!r} (shape {list(tensor.shape)})"
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            return f"key {key!r} has shape {list(state[key].shape)} in the file; the model expects {list(tensor.shape)}"
-    extra = [key for key in state if key not in expected]
-    return f"unexpected key {extra[0]!r} (the model has no such parameter)" if extra else None
 
 
 def load_model(folder: Path) -> tuple[nn.Module, ModelSpec]:

@@ -10,37 +10,11 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
 
+from students.reparam import fold_conv_bn_pair, fuse_conv_bn
 
-@torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return a new conv equal to ``bn(conv(x))`` with BN running statistics (eval mode)."""
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(conv.weight.device, conv.weight.dtype)
-    std = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.affine else torch.ones_like(std)
-    beta = bn.bias if bn.affine else torch.zeros_like(std)
-    scale = gamma / std
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + beta)
-    return fused
-
-
-def fold_conv_bn_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.Module]:
-    """``(fused conv, what replaces the BN)``: Identity, or the activation a norm+act module carries.
-
-    timm's ``BatchNormAct2d`` subclasses ``BatchNorm2d`` but also applies ``drop`` and ``act``; swapping
-    it for ``Identity`` would silently drop the activation, so those are kept.
-    """
-    extras = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
-              if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
-    replacement = extras[0] if len(extras) == 1 else nn.Sequential(*extras) if extras else nn.Identity()
-    return fuse_conv_bn(conv, bn), replacement
+__all__ = ["fold_model", "fold_conv_bn_pair", "fuse_conv_bn"]
 
 
 def _fold_sequential_pairs(module: nn.Module) -> int:

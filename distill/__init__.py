@@ -1,2 +1,2 @@
 """Data, losses, metrics and training loops for distilling learned ISPs."""
-from distill import torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)
+from teachers import torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)

@@ -8,7 +8,7 @@ as a string).  The data stream needs no state: it is a pure function of (seed, s
 """
 from __future__ import annotations
 
-import io
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,47 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.atomic import atomic_torch_save
+from distill.atomic import atomic_torch_save
 
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model it is loaded into."""
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be used: unreadable, not plain tensors, or not this model."""
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` read with ``weights_only=True``: a pickle that would run code is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation", "Please file an issue"))),
+                      type(exc).__name__)
+        raise CheckpointError(f"{path}: refused: not a plain tensor checkpoint ({reason[:200]}); "
+                              "checkpoints are loaded with weights_only=True and never run code") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (parameter name -> tensor); got {type(state).__name__}")
+    return state
+
+
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between ``model``'s parameters and ``state`` (a missing, unexpected or
+    differently shaped key), in words; None when the weights fit."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"missing key {key!r} (shape {list(tensor.shape)})"
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            return f"key {key!r} has shape {list(state[key].shape)} in the file; the model expects {list(tensor.shape)}"
+    extra = [key for key in state if key not in expected]
+    return f"unexpected key {extra[0]!r} (the model has no such parameter)" if extra else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

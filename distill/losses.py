@@ -5,7 +5,7 @@ names fail with the list of known ones.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

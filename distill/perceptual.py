@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.checkpointing import load_weights  # weights_only=True: a code-running pickle is a CheckpointError
+
 VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
                 512, 512, 512, 512, "M"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,8 +62,6 @@ class PerceptualLoss(nn.Module):
             raise FileNotFoundError(f"perceptual loss weights {weights} not found: put a torchvision VGG-19 "
                                     "state_dict there (this toolkit never downloads weights)")
         features = vgg19_features()[: LAYER_NAMES.index(layer) + 1]
-        from compress.checkpoint import load_weights  # weights_only=True; a code-running pickle: CheckpointError
-
         state = load_weights(weights)
         state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
         wanted = features.state_dict().keys()
@@ -73,7 +73,7 @@ class PerceptualLoss(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":  # the VGG stays in eval mode
+    def train(self, mode: bool = True) -> PerceptualLoss:  # the VGG stays in eval mode
         super().train(mode)
         self.features.eval()
         return self

@@ -1,29 +1,38 @@
 """One training loop for teachers, students and fine-tunes: step-based, seeded, logged per step.
 
 Students add distillation terms from a frozen teacher (``distill.distiller.Distiller``: output KD,
-feature KD through adapters, heterogeneous clean-image KD); every term is logged on its own.
+feature KD through adapters, heterogeneous clean-image KD); every term is logged on its own.  The
+batches come from ``distill.batches``; what a model maps to what (``Task``) and how it is scored
+(``evaluate``) live in ``distill.evaluation``.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from distill import distributed
-from distill.checkpointing import (CheckpointError, capture_rng_states, load_checkpoint, restore_rng_states,
-                                   save_checkpoint)
+from distill.batches import training_batches
+from distill.checkpointing import (
+    CheckpointError,
+    capture_rng_states,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
 from distill.distiller import Distiller
+from distill.evaluation import DEFAULT_TASK, Task
 from distill.losses import KNOWN_LOSSES, WeightedLoss
-from distill.metrics import psnr, ssim
+from distill.perceptual import PerceptualLoss
 
 if TYPE_CHECKING:
     from distill.data.datasets import PairedPatchDataset
@@ -78,7 +87,7 @@ class TrainSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _perceptual_configured(self) -> "TrainSpec":
+    def _perceptual_configured(self) -> TrainSpec:
         if "perceptual" in self.losses and self.perceptual is None:
             raise ValueError("loss 'perceptual' needs perceptual.weights: a local VGG-19 state_dict file")
         return self
@@ -86,38 +95,8 @@ class TrainSpec(BaseModel):
     def criterion(self) -> WeightedLoss:
         configured = {}
         if self.perceptual is not None and "perceptual" in self.losses:
-            from distill.perceptual import PerceptualLoss
-
             configured["perceptual"] = PerceptualLoss(self.perceptual.weights, self.perceptual.layer)
         return WeightedLoss(self.losses, configured)
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a model is trained and scored on, beyond plain packed RAW -> full-resolution RGB.
-
-    ``level`` > 0: a multi-level model (PyNET) is run to that level, and the target is the RGB image
-    area-downsampled by 2^level (PyNET's per-level targets).  ``clean_image``: the model maps the clean
-    target J to itself (the LW-ISP paper's clean-image teacher g(J) -> J), so RAW is not used.
-    """
-
-    level: int = 0
-    clean_image: bool = False
-    multilevel: bool = False  # train on ``model.forward_levels(x)`` (AA-UNet); scoring uses the final image
-
-    def inputs_targets(self, raw: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = rgb if self.clean_image else raw
-        target = F.avg_pool2d(rgb, 2**self.level) if self.level else rgb
-        return x, target
-
-    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(x, level=self.level) if self.level else model(x)
-
-    def train_forward(self, model: nn.Module, x: torch.Tensor) -> Any:
-        return model.forward_levels(x) if self.multilevel else self.forward(model, x)
-
-
-DEFAULT_TASK = Task()
 
 
 @dataclass
@@ -125,79 +104,6 @@ class TrainResult:
     steps: int
     final_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled item order of one epoch: a pure function of (seed, epoch), as DataLoader's
-    ``shuffle=True`` with a generator seeded ``seed * 100_003 + epoch`` draws it."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base-seed draw came first
-    return torch.randperm(size, generator=generator).tolist()
-
-
-class StreamBatches:
-    """Batch sampler of the endless seeded stream: global batch ``step`` is slice ``step % per_epoch`` of
-    epoch ``step // per_epoch``'s order, and this rank yields its shard of it as ``(epoch, index)`` keys.
-
-    Starting at ``start_step`` lands on exactly the batch an uninterrupted run sees there, without
-    touching the model or the data (a resumed run) and every rank of a DDP run covers a disjoint slice.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if size < 1:
-            raise ValueError("the training set is empty")
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self.per_epoch = math.ceil(size / batch_size)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step, cached_epoch, order = self.start_step, -1, []
-        while True:
-            epoch, b = divmod(step, self.per_epoch)
-            if epoch != cached_epoch:
-                cached_epoch, order = epoch, epoch_order(self.size, self.seed, epoch)
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(epoch, i) for i in distributed.shard(batch, self.rank, self.world_size)]
-            step += 1
-
-
-class _EpochItems(Dataset):
-    """Items addressed by ``(epoch, index)``: each read selects its epoch's crops first, so a stream that
-    crosses epochs works inside DataLoader workers (each holds its own copy of the dataset)."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-
-def training_batches(
-    dataset: PairedPatchDataset,
-    batch_size: int,
-    seed: int,
-    *,
-    start_step: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless, reproducible stream of batches: a new crop set and order every epoch.
-
-    ``batch_size`` is the global batch; with ``world_size`` > 1 this rank gets its contiguous shard.
-    """
-    sampler = StreamBatches(len(dataset), batch_size, seed, start_step, rank, world_size)
-    loader = DataLoader(_EpochItems(dataset), batch_sampler=sampler, num_workers=num_workers,
-                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))  # not the global RNG
-    yield from loader
 
 
 def resolve_device(name: str) -> torch.device:
@@ -386,8 +292,6 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
     compiled = torch.compile(model) if spec.compile else None
     step_module: nn.Module = _TrainStep(model, kd, task, criterion, autocast, compiled)
     if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         step_module = DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True,  # PyNET's coarse levels leave the finer layers out of the graph
@@ -425,25 +329,3 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
         if checkpoint_path is not None and main and (done % spec.checkpoint_every == 0 or done == spec.steps):
             checkpoint(done)
     return result
-
-
-@torch.no_grad()
-def predict(model: nn.Module, raw: torch.Tensor, task: Task = DEFAULT_TASK) -> torch.Tensor:
-    model.eval()
-    return task.forward(model, raw).clamp(0, 1)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], task: Task = DEFAULT_TASK
-) -> dict[str, float]:
-    """Mean PSNR / SSIM over held-out images (each pair: packed RAW (4,h,w), RGB (3,2h,2w))."""
-    if not pairs:
-        raise ValueError("evaluation needs at least one held-out image")
-    scores = {"psnr": 0.0, "ssim": 0.0}
-    for raw, rgb in pairs:
-        x, target = task.inputs_targets(raw.unsqueeze(0), rgb.unsqueeze(0))
-        out = predict(model, x, task)
-        scores["psnr"] += psnr(out, target)
-        scores["ssim"] += ssim(out, target)
-    return {k: v / len(pairs) for k, v in scores.items()}

@@ -27,7 +27,7 @@ class BundleModel(PythonModel):
         spec.loader.exec_module(self.runner)
 
     # model_input is left unannotated on purpose: MLflow reads that hint as a signature and wants list[...]
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # noqa: ANN001
+    def predict(self, context, model_input, params=None):  # noqa: ANN001
         x = np.asarray(model_input, dtype=np.float32)
         single = x.ndim == 3
         if single:

@@ -10,9 +10,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-EXIT_BAD_INPUT = 2
-EXIT_STAGE_FAILED = 1
+from recipes import cli_bundle, cli_tracking
+from recipes.cli_common import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, fail
+
+__all__ = ["main", "EXIT_BAD_INPUT", "EXIT_STAGE_FAILED"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,22 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, default=1, metavar="N", help="train on N processes: relaunches "
                      "itself under torchrun (DDP; gloo on CPU, nccl on CUDA); batch_size is the global batch")
 
-    from recipes.cli_tracking import add_commands
-
-    add_commands(sub)  # compare, register, alias, handoff --from-registry
+    cli_tracking.add_commands(sub)  # compare, register, alias, handoff --from-registry
     sub.add_parser("list", help="built-in recipes, teachers and students")
-    from recipes.process import add_subcommands as add_bundle_commands
-
-    add_bundle_commands(sub)  # process (camera file through a bundle), verify (bundle check)
+    cli_bundle.add_commands(sub)  # process (camera file through a bundle), verify (bundle check)
     return parser
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"ispdc: error: {message}", file=sys.stderr)
-    return code
-
-
-def _summary(outcomes: list) -> str:
+def _summary(outcomes: list[Any]) -> str:
     columns = ("psnr", "ssim", "params", "macs", "size_kb")
     header = f"{'stage':<10}" + "".join(f"{c:>12}" for c in columns) + f"{'seconds':>10}  cached"
     lines = [header, "-" * len(header)]
@@ -72,58 +66,51 @@ def _summary(outcomes: list) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from recipes.loader import RecipeError, load_recipe
-
     if args.command == "list":
-        from recipes.loader import builtin_recipes
-        from students import list_students
-        from teachers import list_teachers
-
-        print("recipes: ", ", ".join(sorted(builtin_recipes())))
-        print("teachers:", ", ".join(list_teachers()))
-        print("students:", ", ".join(list_students()))
-        return 0
-
+        return _list()
     if args.command in ("process", "verify"):
-        from compress.bundle_check import BundleError
-        from distill.data.errors import DataError
-        from recipes.process import process_command, verify_command
-
-        try:
-            return process_command(args) if args.command == "process" else verify_command(args)
-        except (DataError, BundleError, ValueError) as exc:
-            return _fail(str(exc), EXIT_BAD_INPUT)
-
+        return cli_bundle.run_command(args)
     if args.command in ("compare", "register", "alias", "handoff"):
-        from recipes.cli_tracking import run_command
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        return run_command(args)
+        return cli_tracking.run_command(args)
+    return _run_or_validate(args, argv)
+
+
+def _list() -> int:
+    from recipes.loader import builtin_recipes
+    from teachers.registry import STUDENTS, TEACHERS
+
+    print("recipes: ", ", ".join(sorted(builtin_recipes())))
+    print("teachers:", ", ".join(TEACHERS.names()))
+    print("students:", ", ".join(STUDENTS.names()))
+    return 0
+
+
+def _run_or_validate(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from recipes.loader import RecipeError, load_recipe
 
     try:
         recipe, path = load_recipe(args.recipe, args.overrides)
     except RecipeError as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
+        return fail(str(exc), EXIT_BAD_INPUT)
 
     if args.command == "validate":
         print(f"{path}: ok ({recipe.name})")
         return 0
 
+    from distill import distributed
+    from distill.data.errors import DataError
+    from recipes.faults import bad_input_message
+    from recipes.results import HandoffResult
     from recipes.runner import StageError, run_recipe
+    from recipes.tracking import default_tracking_uri
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter (after mlflow's own setup)
 
-    try:
-        from distill.data.errors import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError  # type: ignore[misc,assignment]
-
-    from distill import distributed
-
     if args.nproc < 1:
-        return _fail(f"--nproc must be at least 1; got {args.nproc}", EXIT_BAD_INPUT)
+        return fail(f"--nproc must be at least 1; got {args.nproc}", EXIT_BAD_INPUT)
     if (args.nproc > 1 or distributed.launched_by_torchrun()) and recipe.sweep:
-        return _fail("--nproc / torchrun runs one recipe; run a sweep's points without it", EXIT_BAD_INPUT)
+        return fail("--nproc / torchrun runs one recipe; run a sweep's points without it", EXIT_BAD_INPUT)
     if args.nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_torchrun(argv if argv is not None else sys.argv[1:], args.nproc)
     dist_info = distributed.init_from_env("cuda" if torch_cuda_wanted(recipe) else "cpu")
@@ -132,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {recipe.name} from {path} in {workdir}"
               + (f" on {dist_info.world_size} processes" if dist_info.enabled else ""), flush=True)
 
-    def progress(outcome) -> None:
+    def progress(outcome: Any) -> None:
         note = " (cached)" if outcome.cached else ""
         psnr = outcome.metrics.get("psnr")
         shown = f" psnr {psnr:.2f} dB" if psnr is not None else ""
@@ -140,29 +127,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if recipe.sweep:
-            from recipes.cli_tracking import run_sweep_command
-
-            return run_sweep_command(args, recipe, path, workdir, progress)
+            return cli_tracking.run_sweep_command(args, recipe, path, workdir, progress)
         parent_id, outcomes = run_recipe(recipe, path, workdir, args.tracking_uri, use_cache=not args.no_cache,
                                          on_stage=progress, resume=not args.no_resume)
     except DataError as exc:
-        return _fail(f"{path}: data: {exc}", EXIT_BAD_INPUT)
+        return fail(f"{path}: data: {exc}", EXIT_BAD_INPUT)
     except StageError as exc:
-        return _fail(str(exc), EXIT_STAGE_FAILED)
+        return fail(str(exc), EXIT_STAGE_FAILED)
     except Exception as exc:  # a full disk, a dead tracking server, NaN loss, ...: one line (recipes/faults.py)
-        from recipes.faults import bad_input_message
-
         message = bad_input_message(exc, path)
         if message is None:
             raise
-        return _fail(message, EXIT_BAD_INPUT)
+        return fail(message, EXIT_BAD_INPUT)
 
     if not dist_info.is_main:
         return 0  # rank 0 reports for all
-    from recipes.tracking import default_tracking_uri
-
     uri = args.tracking_uri or default_tracking_uri(workdir)
-    bundle = next((o.outputs["bundle"] for o in outcomes if o.name == "handoff"), None)
+    bundle = next((o.result.bundle for o in outcomes if isinstance(o.result, HandoffResult)), None)
     print()
     print(_summary(outcomes))
     print()
@@ -173,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def torch_cuda_wanted(recipe) -> bool:  # noqa: ANN001  (recipes.schema.Recipe)
+def torch_cuda_wanted(recipe: Any) -> bool:  # recipes.schema.Recipe (not imported: the CLI starts fast)
     """Whether the student trains on CUDA (auto with a GPU, or cuda): the DDP backend follows it."""
     import torch
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-EXIT_OK = 0
+from recipes.cli_common import EXIT_BAD_INPUT, EXIT_OK, fail
 
 
 def add_commands(sub: Any) -> None:
@@ -75,7 +76,6 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 def run_command(args: argparse.Namespace) -> int:
     """``compare`` / ``register`` / ``alias`` / ``handoff``; returns the exit code."""
-    from recipes.cli import EXIT_BAD_INPUT, _fail
     from recipes.compare import CompareError
     from recipes.registry import RegistryError
 
@@ -103,19 +103,17 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"rebuilt {args.ref} in {bundle}: golden check {report.splitlines()[-1]}")
             return EXIT_OK
     except (ValueError, CompareError, RegistryError) as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
+        return fail(str(exc), EXIT_BAD_INPUT)
     raise AssertionError(f"unhandled command {args.command}")
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from recipes.compare import compare_runs
+    from recipes.compare import compare_runs, format_table
 
     out = args.out or ((Path(args.workdir) if args.workdir else Path(".")) / "compare")
     comparison = compare_runs(_store(args), experiments=args.experiment or None, recipe=args.recipe,
                               tags=_tags(args.filter_tag), parent=args.parent, out_dir=out,
                               latency_key=args.latency_key, log_to_run=args.parent)
-    from recipes.compare import format_table
-
     print(format_table(comparison))
     print()
     for path in comparison.files:
@@ -128,7 +126,7 @@ def _compare(args: argparse.Namespace) -> int:
 def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir: Path,
                       progress: Callable[[Any], None]) -> int:
     """``ispdc run`` of a sweep recipe: every point, then one table row per point and the plots."""
-    from recipes.compare import format_table
+    from recipes.compare import compare_runs, format_table
     from recipes.sweep import run_sweep
     from recipes.tracking import default_tracking_uri
 
@@ -137,8 +135,6 @@ def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir
 
     sweep_id, results = run_sweep(recipe, path, workdir, args.tracking_uri, use_cache=not args.no_cache,
                                   on_stage=progress, on_point=on_point)
-    from recipes.compare import compare_runs
-
     uri = args.tracking_uri or default_tracking_uri(workdir)
     comparison = compare_runs(uri, experiments=[recipe.name], parent=sweep_id)
     print()

@@ -8,9 +8,10 @@ every objective (higher PSNR, lower latency, smaller size) and better on one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from recipes.metric_keys import challenge_scores, headline_latency_key
 
@@ -81,7 +82,7 @@ def fetch_rows(tracking_uri: str, experiments: Sequence[str] | None = None, reci
             known = sorted(e.name for e in client.search_experiments())
             raise CompareError(f"no experiment {', '.join(map(repr, missing))} at {tracking_uri} "
                                f"(known: {', '.join(known) or 'none'})")
-        exps = list(found.values())
+        exps = [exp for exp in found.values() if exp is not None]
     else:
         exps = list(client.search_experiments())
     if not exps:
@@ -123,7 +124,7 @@ def format_table(comparison: Comparison) -> str:
     heads = ["", "run", "psnr", "ssim", "size_kb", "macs", latency, "mai2021", "mai2022"]
     body = []
     for r in comparison.rows:
-        def num(key: str, fmt: str) -> str:
+        def num(key: str, fmt: str, r: Any = r) -> str:
             value = r.get(key)
             return "-" if math.isnan(value) else format(value, fmt)
 

@@ -12,10 +12,9 @@ rank 0 wrote ``done.json``.
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from distill import distributed
 
@@ -50,39 +49,6 @@ def stage_barriers() -> Iterator[None]:
     distributed.barrier()
     yield
     distributed.barrier()
-
-
-def follow_recipe(ctx: Any, use_cache: bool, state: Any) -> list[Any]:
-    """A follower rank's pass over the recipe: join the training stages, wait out the others."""
-    from recipes.runner import DONE_FILE, StageOutcome, stage_key, stage_plan
-    from recipes.stages import STAGES
-
-    rank = distributed.info().rank
-    outcomes: list[StageOutcome] = []
-    upstream = ""
-    for name, config in stage_plan(ctx.recipe):
-        key = stage_key(name, config, ctx.recipe, upstream)
-        folder = ctx.workdir / "stages" / f"{name}-{key}"
-        done = folder / DONE_FILE
-        distributed.barrier()
-        finished = state.finished(name, key, done) is not None
-        cached = finished or (use_cache and done.is_file() and name != "handoff")
-        if trains(name, ctx.recipe) and not cached:
-            scratch = ctx.workdir / ".ddp" / f"rank{rank}" / folder.name
-            scratch.mkdir(parents=True, exist_ok=True)
-            ctx.checkpoint_dir = folder  # read rank 0's checkpoints to resume alike; never written here
-            try:
-                STAGES[name](ctx, scratch)
-            finally:
-                ctx.checkpoint_dir = None
-                shutil.rmtree(scratch, ignore_errors=True)  # a follower's copies of rank 0's outputs
-        distributed.barrier()
-        record = json.loads(done.read_text())
-        outcome = StageOutcome(name, record["metrics"], record["outputs"], 0.0, cached, record.get("run_id", ""), key)
-        ctx.outcomes[name] = outcome
-        outcomes.append(outcome)
-        upstream = key
-    return outcomes
 
 
 def checkpoint_path(ctx: Any, folder: Path, name: str = "checkpoint") -> Path:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import itertools
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ class RecipeError(ValueError):
 
 
 def builtin_recipes() -> dict[str, Path]:
-    folder = resources.files("recipes")
+    """The recipes that ship with the package (``recipes/builtin/*.yaml``), by name."""
+    folder = resources.files("recipes") / "builtin"
     return {p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
@@ -157,8 +160,6 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     except ValidationError as exc:
         raise RecipeError(format_validation_error(path, exc)) from exc
     if recipe.sweep:  # every point must validate before anything runs
-        from recipes.sweep import expand_sweep
-
         expand_sweep(recipe, path)
     return recipe, path
 
@@ -169,17 +170,60 @@ def recipe_hash(recipe: Recipe) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a.b.c": value}`` (MLflow params)."""
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
+@dataclass(frozen=True)
+class SweepPoint:
+    index: int
+    values: dict[str, Any]
+    recipe: Recipe
+
+    @property
+    def label(self) -> str:
+        """``prune.ratio=0.25, student.config.width=8``: the run name and the table's row label."""
+        return ", ".join(f"{k}={v}" for k, v in self.values.items())
+
+    @property
+    def short_label(self) -> str:
+        """``width=8 ratio=0.25``: last key parts (when they are unique), short enough for a UI column."""
+        lasts = [k.rsplit(".", 1)[-1] for k in self.values]
+        names = lasts if len(set(lasts)) == len(lasts) else list(self.values)
+        return " ".join(f"{n}={v}" for n, v in zip(names, self.values.values()))
+
+
+def sweep_values(recipe: Recipe, path: Path | str = "<recipe>") -> list[dict[str, Any]]:
+    """The points' values: the product of the lists (grid) or their i-th entries (zip)."""
+    if not recipe.sweep:
+        return []
+    keys = list(recipe.sweep)
+    lists = [recipe.sweep[k] for k in keys]
+    if recipe.sweep_mode == "zip":
+        lengths = {k: len(v) for k, v in zip(keys, lists)}
+        if len(set(lengths.values())) != 1:
+            raise RecipeError(f"{path}: sweep: sweep_mode zip needs lists of one length; got "
+                              + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+        combos = list(zip(*lists))
+    else:
+        combos = list(itertools.product(*lists))
+    return [dict(zip(keys, combo)) for combo in combos]
+
+
+def expand_sweep(recipe: Recipe, path: Path | str = "<recipe>") -> list[SweepPoint]:
+    """Every point as a validated recipe; a bad key or value raises ``RecipeError`` naming the point.
+
+    Each point's bundle gets its own folder (``<bundle>_p<index>``) unless the sweep sets
+    ``handoff.name`` itself, so points never overwrite each other's hand-off.
+    """
+    base = recipe.model_dump(mode="json", exclude={"sweep", "sweep_mode"})
+    points = []
+    for index, values in enumerate(sweep_values(recipe, path)):
+        data = copy.deepcopy(base)
+        for key, value in values.items():
+            set_dotted(data, key, value, f"{path}: sweep.{key}")
+        if "handoff.name" not in values:
+            data["handoff"]["name"] = f"{recipe.bundle_name}_p{index:02d}"
+        try:
+            points.append(SweepPoint(index, values, Recipe.model_validate(data)))
+        except ValidationError as exc:
+            label = SweepPoint(index, values, recipe).label
+            problems = format_validation_error(Path(str(path)), exc).replace(f"{path}: ", "")
+            raise RecipeError(f"{path}: sweep point {index} [{label}]: {problems}") from None
+    return points

@@ -8,9 +8,11 @@ Mobile AI challenge scores, which is what ``ispdc compare`` tabulates.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from distill.challenge_scores import mai2021_score, mai2022_score
+from recipes.results import ExportResult
 
 STAGE_METRICS = ("psnr", "ssim", "params", "macs", "size_kb")
 """Logged by every stage that holds a model (teacher, student, prune, fold, quantize, export, handoff)."""
@@ -25,16 +27,59 @@ variant's (INT8 unless ``quantize.mode`` says otherwise), else fp32; of several 
 threads."""
 
 
+def tflite_format(variant: str) -> str:
+    """``tflite_<variant>``: the format name of a TFLite variant in every per-format key."""
+    return f"tflite_{variant}"
+
+
 def latency_key(fmt: str, threads: int) -> str:
     """``latency_ms_<fmt>_<threads>t``: the one spelling of a latency metric."""
     return f"latency_ms_{fmt}_{threads}t"
+
+
+def psnr_key(fmt: str) -> str:
+    """PSNR (dB) against the ground truth of a model run on one runtime/format."""
+    return f"psnr_{fmt}"
+
+
+def ssim_key(fmt: str) -> str:
+    return f"ssim_{fmt}"
+
+
+def parity_key(fmt: str) -> str:
+    """PSNR (dB) of a format's output against the PyTorch model it was exported from."""
+    return f"parity_psnr_db_{fmt}"
+
+
+def size_key(fmt: str) -> str:
+    return f"size_kb_{fmt}"
+
+
+def drop_key(fmt: str) -> str:
+    """PSNR lost (dB) against the float model of the same runtime."""
+    return f"psnr_drop_db_{fmt}"
+
+
+def rmse_key(fmt: str, channel: str) -> str:
+    """RMSE of one output channel (r, g, b) against the PyTorch output."""
+    return f"rmse_{fmt}_{channel}"
+
+
+def round_key(round_index: int, name: str) -> str:
+    """A metric of one pruning round (``round2_psnr``)."""
+    return f"round{round_index}_{name}"
+
+
+def level_prefix(level: int) -> str:
+    """The prefix of a level-wise teacher's per-level metrics (``level3_psnr``)."""
+    return f"level{level}_"
 
 
 def headline_latency_key(keys: Iterable[str], shipped: str = "int8") -> str | None:
     """The latency metric a trade-off is judged on, among ``keys`` (see ``HEADLINE_LATENCY_FORMATS``);
     ``shipped`` is the TFLite variant in the bundle (``quantize.mode``)."""
     found = [k for k in keys if LATENCY_PATTERN.match(k)]
-    formats = tuple(f"tflite_{shipped}" if f == "tflite_int8" else f for f in HEADLINE_LATENCY_FORMATS)
+    formats = tuple(tflite_format(shipped) if f == "tflite_int8" else f for f in HEADLINE_LATENCY_FORMATS)
     for fmt in formats:
         matches = [k for k in found if fmt == LATENCY_PATTERN.match(k)["fmt"]  # type: ignore[index]
                    or (fmt == "fhd" and "fhd" in LATENCY_PATTERN.match(k)["fmt"])]  # type: ignore[index]
@@ -61,7 +106,7 @@ def summary_metrics(outcomes: Iterable[Any]) -> dict[str, float]:
     last = next((o for o in reversed(outcomes) if all(k in o.metrics for k in STAGE_METRICS)), None)
     if last is not None:
         summary.update({k: float(last.metrics[k]) for k in STAGE_METRICS})
-        shipped = next((o.outputs.get("shipped_variant") for o in outcomes if o.name == "export"), None)
+        shipped = next((o.result.shipped_variant for o in outcomes if isinstance(o.result, ExportResult)), None)
         headline = headline_latency_key(summary, shipped or "int8")
         if headline is not None:
             summary.update(challenge_scores(summary["psnr"], summary[headline]))

@@ -8,7 +8,6 @@ authenticating gateway may answer 401/404 there); only a refused, unresolvable o
 """
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -32,7 +31,7 @@ def check_tracking_uri(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             return
     except urllib.error.HTTPError:
         return  # something answered: let MLflow report auth or path problems itself
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingUnreachable(f"tracking server {uri} is unreachable ({reason}); start it (mlflow server ...) "
                                   "or leave out --tracking-uri to use the local SQLite store") from None

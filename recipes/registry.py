@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compress.handoff import BUNDLE_FILES
-from recipes.loader import flatten
+from compress.bundle.write import BUNDLE_FILES
+from recipes.schema import flatten
+from recipes.tracking import ensure_experiment
 
 PYFUNC_SOURCE = Path(__file__).with_name("bundle_pyfunc.py")
 REGISTRY_EXPERIMENT = "ispdc-registry"
@@ -102,8 +103,6 @@ def register_bundle(bundle: Path, name: str, alias: str | None = None, tracking_
     if mlflow.active_run() is not None:
         context: Any = contextlib.nullcontext()
     else:
-        from recipes.tracking import ensure_experiment
-
         experiment_id = ensure_experiment(mlflow.get_tracking_uri(), REGISTRY_EXPERIMENT)
         context = mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}",
                                    tags={"source_run": source_run, "run_kind": "registration"})

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_write_text
+
 STATE_FILE = "run_state.json"
 RUNNING, DONE = "running", "done"
 
@@ -29,7 +31,7 @@ class RunState:
 
     @classmethod
     def open(cls, workdir: Path, recipe_hash: str, tracking_uri: str, resume: bool = True,
-             writable: bool = True) -> "RunState":
+             writable: bool = True) -> RunState:
         """The state of an interrupted run of this recipe in ``workdir`` if ``resume``, else a fresh one."""
         path = Path(workdir) / STATE_FILE
         fresh = cls(path, recipe_hash, tracking_uri, writable=writable)
@@ -48,8 +50,6 @@ class RunState:
     def save(self) -> None:
         if not self.writable:
             return
-        from compress.atomic import atomic_write_text
-
         payload = {"recipe_hash": self.recipe_hash, "tracking_uri": self.tracking_uri,
                    "parent_run_id": self.parent_run_id, "stages": self.stages}
         atomic_write_text(self.path, json.dumps(payload, indent=2))

@@ -8,67 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import random
+import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from recipes.loader import flatten, recipe_hash
-from recipes.schema import STAGE_ORDER, Recipe
+import numpy as np
+import torch
+
+from distill import distributed
+from distill.atomic import atomic_write_text
+from recipes.context import RunContext, StageError, StageFn, StageOutcome, git_sha
+from recipes.ddp import NullTracker, stage_barriers, stage_scope, trains
+from recipes.loader import recipe_hash
+from recipes.metric_keys import summary_metrics
+from recipes.registry import register_bundle
+from recipes.results import HandoffResult, read_result
+from recipes.run_state import RunState, clear_checkpoints, run_exists
+from recipes.schema import STAGE_ORDER, Recipe, flatten
+from recipes.stages import STAGES
+from recipes.teacher_checkpoint import checkpoint_digest
 from recipes.tracking import Tracker, default_tracking_uri
 
-CACHE_VERSION = "1"
+__all__ = ["run_recipe", "run_stages", "stage_plan", "stage_key", "RunContext", "StageError", "StageOutcome",
+           "git_sha"]
+
+CACHE_VERSION = "2"  # 2: done.json holds a typed stage result ("result") instead of a string dict
 DONE_FILE = "done.json"
-
-
-class StageError(RuntimeError):
-    """A stage that cannot finish (a failed gate, a failed conversion): the message says why."""
-
-
-@dataclass
-class StageOutcome:
-    name: str
-    metrics: dict[str, float]
-    outputs: dict[str, str]
-    seconds: float
-    cached: bool
-    run_id: str
-    key: str
-
-
-@dataclass
-class RunContext:
-    recipe: Recipe
-    recipe_path: Path
-    workdir: Path
-    tracker: Tracker
-    outcomes: dict[str, StageOutcome] = field(default_factory=dict)
-    _data: Any = None
-    run_state: Any = None  # recipes.run_state.RunState: what a killed run leaves to resume from
-    checkpoint_dir: Path | None = None  # a DDP follower reads rank 0's stage checkpoints from here
-
-    @property
-    def data(self):  # noqa: ANN201  (distill.data types; loaded once, lazily)
-        if self._data is None:
-            from recipes.stages import load_run_data
-
-            self._data = load_run_data(self.recipe)
-        return self._data
-
-    def output(self, stage: str, name: str) -> Path:
-        return Path(self.outcomes[stage].outputs[name])
-
-    def model_dir(self) -> Path:
-        """The newest student model: of the student, prune, fold and quantize (QAT) stages, the one that
-        ran last."""
-        for stage in reversed(list(self.outcomes)):
-            if stage in ("quantize", "fold", "prune", "student") and "model" in self.outcomes[stage].outputs:
-                return self.output(stage, "model")
-        raise StageError("no student model has been produced yet")
-
-
-StageFn = Callable[[RunContext, Path], tuple[dict[str, float], dict[str, str]]]
 
 
 def stage_plan(recipe: Recipe) -> list[tuple[str, Any]]:
@@ -77,7 +45,7 @@ def stage_plan(recipe: Recipe) -> list[tuple[str, Any]]:
     if recipe.teacher is not None:
         plan.append(("teacher", recipe.teacher))
     plan.append(("student", recipe.student))
-    compress = [("prune", recipe.prune)] if recipe.prune is not None else []
+    compress: list[tuple[str, Any]] = [("prune", recipe.prune)] if recipe.prune is not None else []
     if recipe.fold.enabled:
         compress.insert(0 if recipe.fold.before_prune else len(compress), ("fold", recipe.fold))
     plan += compress
@@ -107,19 +75,8 @@ def stage_key(name: str, config: Any, recipe: Recipe, upstream: str) -> str:
     if name == "handoff":
         payload["recipe"] = recipe_hash(recipe)
     if name == "teacher" and getattr(config, "checkpoint", None) is not None:  # a replaced file: a new teacher
-        from recipes.teacher_checkpoint import checkpoint_digest
-
         payload["checkpoint"] = checkpoint_digest(config.checkpoint)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5).stdout
-        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_recipe(
@@ -137,16 +94,12 @@ def run_recipe(
     it into the same MLflow runs: finished stages are skipped, the interrupted one resumes from its
     checkpoint.  Under torchrun, ranks other than 0 follow (``recipes.ddp``) and return ("", outcomes).
     """
-    from distill import distributed
-    from recipes.ddp import NullTracker, follow_recipe
-    from recipes.run_state import RunState, run_exists
-
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(workdir)
     main = distributed.is_main()
     state = RunState.open(workdir, recipe_hash(recipe), uri, resume=resume, writable=main)
-    if state.resumed and not run_exists(uri, state.parent_run_id):
+    if state.resumed and not (state.parent_run_id and run_exists(uri, state.parent_run_id)):
         state = RunState.open(workdir, recipe_hash(recipe), uri, resume=False, writable=main)
     distributed.barrier()  # every rank read the old state before rank 0 rewrites it
     if not main:
@@ -170,9 +123,6 @@ def run_stages(ctx: RunContext, use_cache: bool = True,
                on_stage: Callable[[StageOutcome], None] | None = None) -> list[StageOutcome]:
     """The stages of ``ctx.recipe`` as nested runs of the active run, which then gets the summary
     metrics (``recipes.metric_keys``) and, if the recipe asks, the bundle registered as a model version."""
-    from recipes.metric_keys import summary_metrics
-    from recipes.stages import STAGES
-
     outcomes: list[StageOutcome] = []
     upstream = ""
     for name, config in stage_plan(ctx.recipe):
@@ -186,22 +136,15 @@ def run_stages(ctx: RunContext, use_cache: bool = True,
     ctx.tracker.log_metrics({f"{o.name}_seconds": o.seconds for o in outcomes})
     ctx.tracker.log_metrics(summary_metrics(outcomes))
     register = ctx.recipe.handoff.register
-    bundle = next((o.outputs["bundle"] for o in outcomes if o.name == "handoff"), None)
+    bundle = next((o.result.bundle for o in outcomes if isinstance(o.result, HandoffResult)), None)
     if register is not None and bundle is not None:
-        from recipes.registry import register_bundle
-
-        register_bundle(Path(bundle), register.name, alias=register.alias, tracking_uri=ctx.tracker.tracking_uri)
+        register_bundle(bundle, register.name, alias=register.alias, tracking_uri=ctx.tracker.tracking_uri)
     return outcomes
 
 
 def _seed_stage(seed: int, name: str) -> None:
     """Seed torch, numpy and random per stage, so a stage's model initialisation does not depend on what
     ran before it in this process (a resumed run skips the finished stages)."""
-    import random
-
-    import numpy as np
-    import torch
-
     value = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
     random.seed(value)
     np.random.seed(value)
@@ -209,9 +152,6 @@ def _seed_stage(seed: int, name: str) -> None:
 
 
 def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: bool) -> StageOutcome:
-    from recipes.ddp import stage_barriers, stage_scope
-    from recipes.run_state import clear_checkpoints
-
     folder = ctx.workdir / "stages" / f"{name}-{key}"
     done = folder / DONE_FILE
     state = ctx.run_state
@@ -219,8 +159,8 @@ def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: boo
     if finished is not None:  # done before the interruption: keep its run, log nothing again
         with stage_barriers():
             record = json.loads(done.read_text())
-        return StageOutcome(name, record["metrics"], record["outputs"], float(finished.get("seconds", 0.0)),
-                            True, finished["run_id"], key)
+        return StageOutcome(name, record["metrics"], read_result(name, record["result"]),
+                            float(finished.get("seconds", 0.0)), True, finished["run_id"], key)
     cached = use_cache and done.is_file() and name != "handoff"
     resume_id = state.interrupted_run(name, key) if state is not None and not cached else None
     if not cached and resume_id is None:
@@ -232,7 +172,7 @@ def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: boo
         start = time.perf_counter()
         if cached:
             record = json.loads(done.read_text())
-            metrics, outputs = record["metrics"], record["outputs"]
+            metrics, result = record["metrics"], read_result(name, record["result"])
             source = record.get("run_id", "")
             # a link, not a copy: the run that produced these outputs holds the artifacts
             ctx.tracker.set_tags({"cached_from_run": source, "mlflow.note.content":
@@ -243,12 +183,44 @@ def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: boo
             folder.mkdir(parents=True, exist_ok=True)
             with stage_scope(name, ctx.recipe):
                 _seed_stage(ctx.recipe.seed, name)
-                metrics, outputs = fn(ctx, folder)
-            from compress.atomic import atomic_write_text  # a full disk: OSError naming done.json, no torn file
-
-            atomic_write_text(done, json.dumps({"metrics": metrics, "outputs": outputs, "run_id": run_id}, indent=2))
+                metrics, result = fn(ctx, folder)
+            # a full disk: OSError naming done.json, no torn file
+            atomic_write_text(done, json.dumps({"metrics": metrics, "result": result.to_json(), "run_id": run_id},
+                                               indent=2))
         seconds = time.perf_counter() - start
         ctx.tracker.log_metrics({"stage_seconds": seconds})
     if state is not None:
         state.finish_stage(name, seconds)
-    return StageOutcome(name, metrics, outputs, seconds, cached, run_id, key)
+    return StageOutcome(name, metrics, result, seconds, cached, run_id, key)
+
+
+def follow_recipe(ctx: RunContext, use_cache: bool, state: RunState) -> list[StageOutcome]:
+    """A follower rank's pass over the recipe (``recipes.ddp``): join the training stages, wait out the
+    others, and take each stage's outcome from rank 0's ``done.json``."""
+    rank = distributed.info().rank
+    outcomes: list[StageOutcome] = []
+    upstream = ""
+    for name, config in stage_plan(ctx.recipe):
+        key = stage_key(name, config, ctx.recipe, upstream)
+        folder = ctx.workdir / "stages" / f"{name}-{key}"
+        done = folder / DONE_FILE
+        distributed.barrier()
+        finished = state.finished(name, key, done) is not None
+        cached = finished or (use_cache and done.is_file() and name != "handoff")
+        if trains(name, ctx.recipe) and not cached:
+            scratch = ctx.workdir / ".ddp" / f"rank{rank}" / folder.name
+            scratch.mkdir(parents=True, exist_ok=True)
+            ctx.checkpoint_dir = folder  # read rank 0's checkpoints to resume alike; never written here
+            try:
+                STAGES[name](ctx, scratch)
+            finally:
+                ctx.checkpoint_dir = None
+                shutil.rmtree(scratch, ignore_errors=True)  # a follower's copies of rank 0's outputs
+        distributed.barrier()
+        record = json.loads(done.read_text())
+        outcome = StageOutcome(name, record["metrics"], read_result(name, record["result"]), 0.0, cached,
+                               record.get("run_id", ""), key)
+        ctx.outcomes[name] = outcome
+        outcomes.append(outcome)
+        upstream = key
+    return outcomes

@@ -8,37 +8,16 @@ link to the run that produced them (tag ``cached_from_run``) instead of copying 
 """
 from __future__ import annotations
 
-import copy
-import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from pydantic import ValidationError
-
-from recipes.loader import RecipeError, flatten, format_validation_error, recipe_hash, set_dotted
-from recipes.runner import RunContext, StageOutcome, git_sha, run_stages
-from recipes.schema import Recipe
+from recipes.compare import compare_runs
+from recipes.context import RunContext, StageOutcome, git_sha
+from recipes.loader import SweepPoint, expand_sweep, recipe_hash
+from recipes.runner import run_stages
+from recipes.schema import Recipe, flatten
 from recipes.tracking import Tracker, default_tracking_uri
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    index: int
-    values: dict[str, Any]
-    recipe: Recipe
-
-    @property
-    def label(self) -> str:
-        """``prune.ratio=0.25, student.config.width=8``: the run name and the table's row label."""
-        return ", ".join(f"{k}={v}" for k, v in self.values.items())
-
-    @property
-    def short_label(self) -> str:
-        """``width=8 ratio=0.25``: last key parts (when they are unique), short enough for a UI column."""
-        lasts = [k.rsplit(".", 1)[-1] for k in self.values]
-        names = lasts if len(set(lasts)) == len(lasts) else list(self.values)
-        return " ".join(f"{n}={v}" for n, v in zip(names, self.values.values()))
 
 
 @dataclass
@@ -46,46 +25,6 @@ class PointResult:
     point: SweepPoint
     run_id: str
     outcomes: list[StageOutcome]
-
-
-def sweep_values(recipe: Recipe, path: Path | str = "<recipe>") -> list[dict[str, Any]]:
-    """The points' values: the product of the lists (grid) or their i-th entries (zip)."""
-    if not recipe.sweep:
-        return []
-    keys = list(recipe.sweep)
-    lists = [recipe.sweep[k] for k in keys]
-    if recipe.sweep_mode == "zip":
-        lengths = {k: len(v) for k, v in zip(keys, lists)}
-        if len(set(lengths.values())) != 1:
-            raise RecipeError(f"{path}: sweep: sweep_mode zip needs lists of one length; got "
-                              + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
-        combos = list(zip(*lists))
-    else:
-        combos = list(itertools.product(*lists))
-    return [dict(zip(keys, combo)) for combo in combos]
-
-
-def expand_sweep(recipe: Recipe, path: Path | str = "<recipe>") -> list[SweepPoint]:
-    """Every point as a validated recipe; a bad key or value raises ``RecipeError`` naming the point.
-
-    Each point's bundle gets its own folder (``<bundle>_p<index>``) unless the sweep sets
-    ``handoff.name`` itself, so points never overwrite each other's hand-off.
-    """
-    base = recipe.model_dump(mode="json", exclude={"sweep", "sweep_mode"})
-    points = []
-    for index, values in enumerate(sweep_values(recipe, path)):
-        data = copy.deepcopy(base)
-        for key, value in values.items():
-            set_dotted(data, key, value, f"{path}: sweep.{key}")
-        if "handoff.name" not in values:
-            data["handoff"]["name"] = f"{recipe.bundle_name}_p{index:02d}"
-        try:
-            points.append(SweepPoint(index, values, Recipe.model_validate(data)))
-        except ValidationError as exc:
-            label = SweepPoint(index, values, recipe).label
-            problems = format_validation_error(Path(str(path)), exc).replace(f"{path}: ", "")
-            raise RecipeError(f"{path}: sweep point {index} [{label}]: {problems}") from None
-    return points
 
 
 def run_sweep(
@@ -132,8 +71,6 @@ def run_sweep(
                 if same_data and ctx._data is not None:
                     shared_data = ctx._data
             results.append(PointResult(point, point_id, outcomes))
-    from recipes.compare import compare_runs
-
     compare_runs(uri, experiments=[recipe.name], parent=sweep_id, out_dir=compare_out or workdir / "compare",
                  log_to_run=sweep_id)
     return sweep_id, results

@@ -16,8 +16,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from compress.checkpoint import (SPEC_FILE, WEIGHTS_FILE, CheckpointError, ModelSpec, build_model, load_weights,
-                                 state_mismatch)
+from compress.checkpoint import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    ModelSpec,
+    build_model,
+    load_weights,
+    state_mismatch,
+)
 
 
 def checkpoint_spec(path: Path, model: str, config: dict[str, Any]) -> tuple[ModelSpec, Path]:

@@ -6,10 +6,13 @@ be tested against a throw-away SQLite store and pointed at a real server with ``
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
+
+from recipes.preflight import check_tracking_uri
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
 
@@ -42,8 +45,6 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
-        from recipes.preflight import check_tracking_uri
-
         check_tracking_uri(tracking_uri)  # a dead server: one line within seconds, not minutes of retries
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)

@@ -29,9 +29,9 @@ from timm.layers import EcaModule, SEModule
 from timm.layers.cbam import CbamModule
 from torch import nn
 
-from students.registry import STUDENTS
+from students.reparam import fold_conv_bn_pair
 from teachers.aaunet import AAUNet
-from teachers.registry import ModelInfo
+from teachers.registry import STUDENTS, ModelInfo
 
 
 class AttentionInception(nn.Module):
@@ -52,13 +52,11 @@ class AttentionInception(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold CBAM's spatial conv + BatchNorm (timm's ``ConvNormAct``, not a Sequential) for export."""
-        from compress.fold import fold_conv_bn_pair  # lazy: building a student must not need compress
-
         block = self.cbam.spatial.conv
         if isinstance(block.bn, nn.BatchNorm2d):
             block.conv, block.bn = fold_conv_bn_pair(block.conv, block.bn)
 
-    # Channel-coupled pruning (``compress.prune_rules``): torch-pruning cannot follow ECA's conv across
+    # Channel-coupled pruning (``compress.pruning.rules``): torch-pruning cannot follow ECA's conv across
     # the channel axis, so the block prunes itself, its input and output channels together.
     @property
     def coupled_channels(self) -> int:

@@ -14,7 +14,7 @@ Choices the report leaves open (ours, with why):
 
 * **Channels and depth**: 16 channels at ``width=1`` everywhere (stem, DAMs, upsampler) and
   **3 DAMs**: 26,572 parameters.  The report gives neither, only the 123 KB TFLite file; this
-  default exports (``compress.tflite``, fp32) to 123,700 bytes, and the same converter turns
+  default exports (``compress.export.tflite``, fp32) to 123,700 bytes, and the same converter turns
   Smallnet into 21,016 bytes against the report's 21 KB, so sizes compare like for like (4 DAMs:
   32,304 parameters, 150,588 bytes).  At Full HD it needs 4.2 GMACs against Smallnet's 2.4, in line
   with the reported 90.8 ms against 61 ms.
@@ -33,7 +33,7 @@ Choices the report leaves open (ours, with why):
 * **Upsampler**: ``ConvTranspose2d`` 3x3, stride 2 (TensorFlow's ``padding='same'``: padding 1,
   output padding 1) with ReLU, then a 3x3 conv to 12 = 3 * 2^2 channels, ``PixelShuffle(2)`` to 3
   channels, a 3x3 conv 3 -> 3 and the sigmoid.  The conv between the transposed conv and the
-  depth-to-space is ours: ``compress.onnx_export`` turns PyTorch's CRD pixel shuffle into TFLite's
+  depth-to-space is ours: ``compress.export.onnx_export`` turns PyTorch's CRD pixel shuffle into TFLite's
   native DCR ``DEPTH_TO_SPACE`` by permuting the output channels of a feeding ``Conv`` only (a
   ``ConvTranspose`` feeding it would export as a 6-D reshape/transpose chain).
 * ``width`` multiplies the 16 channels (``max(1, round(16 * width))``); the 12-channel shuffle conv
@@ -47,8 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from students.registry import STUDENTS
-from teachers.registry import ModelInfo
+from teachers.registry import STUDENTS, ModelInfo
 
 BASE_CHANNELS = 16
 NUM_DAMS = 3

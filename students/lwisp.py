@@ -24,7 +24,7 @@ Eq. (1) writes a single ``P``.  The 24 counted convolutions are the backbone's; 
 and global-vector convs are not counted, as in the paper's "24 layers".
 
 Parameters (``width=1``): **2,063,177 with FGAM, 1,665,587 without**; paper (Table 3) 2,014,681 and
-1,660,777: +2.41 % and +0.29 %.  MACs at a packed 224x224 input (``compress.profile.count_macs``):
+1,660,777: +2.41 % and +0.29 %.  MACs at a packed 224x224 input (``compress.runtime.profile.count_macs``):
 6.566 G with FGAM, 6.334 G without; Table 3 "FLOPs" 4.234 G and 3.441 G.  ``docs/lwisp.md`` has
 the per-block table and the reasoning below in full.
 
@@ -71,7 +71,7 @@ Choices the text leaves open (ours, with why):
 * **Activations**: LeakyReLU(0.2) after every backbone conv, sigmoid on the RGB output (as in the
   public code); zero "same" padding (the public code pads by reflection; zero padding exports to
   fewer TFLite ops and leaves the parameter count unchanged).
-* **Re-parameterizable blocks** (ours): ``block`` ("repvgg", "ecb", "ereop"; ``compress.reparam``)
+* **Re-parameterizable blocks** (ours): ``block`` ("repvgg", "ecb", "ereop"; ``students.reparam``)
   trains every ``ConvAct`` conv (head, down, bottleneck, bridge, CCB refine and fuse convs) as a
   multi-branch block that ``compress.fold`` turns back into one 3x3 conv.  The convs feeding a
   PixelShuffle, the attention/contrast/global convs and the RGB ``tail`` stay plain, so
@@ -82,9 +82,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.reparam import BlockKind, check_block, make_conv
-from students.registry import STUDENTS
-from teachers.registry import ModelInfo
+from students.reparam import BlockKind, check_block, make_conv
+from teachers.registry import STUDENTS, ModelInfo
 
 BASE_WIDTHS = (16, 32, 64, 128)  # encoder levels 1..4 (the head works at level 1's width)
 BASE_BOTTLENECK = 256
@@ -201,7 +200,7 @@ class LWISP(nn.Module):
     """LW-ISP: packed RAW ``(N, 4, H, W)`` -> sRGB ``(N, 3, 2H, 2W)``; H, W multiples of 16."""
 
     feature_taps = ("up1", "up2", "up3", "up4")  # CCB outputs, coarse to fine (Sec. 4.3 distils up2..up4)
-    prune_ignore = ("tail",)  # the RGB head; the sub-pixel convs prune in r^2 groups (compress.prune_rules)
+    prune_ignore = ("tail",)  # the RGB head; the sub-pixel convs prune in r^2 groups (compress.pruning.rules)
 
     def __init__(self, width: float = 1.0, fgam: bool = True, in_channels: int = 4, scale: int = 2,
                  block: BlockKind = "conv") -> None:

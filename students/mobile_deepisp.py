@@ -38,15 +38,14 @@ every known pair itself and leaves the activation in place of the BN.
 """
 from __future__ import annotations
 
-import distill.torch_compat  # noqa: F401  (before timm: torchvision on CPU torch, see that module)
-
 import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from timm.models.efficientnet import EfficientNetFeatures, _gen_mobilenet_v2
 from torch import nn
 
-from students.registry import STUDENTS
-from teachers.registry import ModelInfo
+import teachers.torch_compat  # noqa: F401  (before timm: torchvision on CPU torch, see that module)
+from students.reparam import fold_conv_bn_pair
+from teachers.registry import STUDENTS, ModelInfo
 
 ENCODER_STAGES = (0, 1, 2, 3, 4)  # timm feature indices: strides 2, 4, 8, 16, 32
 STRIDE = 32
@@ -82,8 +81,6 @@ class MobileNetV2Encoder(nn.Module):
 
         ``compress.fold.fold_model`` calls this (eval mode); the result is the same function.
         """
-        from compress.fold import fold_conv_bn_pair  # lazy: building a student must not need compress
-
         for module in list(self.backbone.modules()):
             for conv_name, bn_name in _TIMM_CONV_BN_PAIRS.get(type(module), ()):
                 conv, bn = getattr(module, conv_name), getattr(module, bn_name)

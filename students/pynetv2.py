@@ -32,7 +32,7 @@ The paper's text is short on detail, so layer sizes follow the authors' released
 Choices the paper (and code) leave open, or where we differ on purpose:
 
 * The head's PReLU: the code applies it to the 16 maps *before* the pixel shuffle.  A per-channel
-  PReLU between a conv and its pixel shuffle blocks ``compress.onnx_export``'s CRD->DCR rewrite
+  PReLU between a conv and its pixel shuffle blocks ``compress.export.onnx_export``'s CRD->DCR rewrite
   (which only looks through element-wise ops), leaving a 6-D reshape/transpose in TFLite instead of
   DEPTH_TO_SPACE.  We apply it to the 4 shuffled maps instead: 12 parameters fewer (930,243 vs the
   code's 930,255 at full width), same structure otherwise.
@@ -50,13 +50,13 @@ Choices the paper (and code) leave open, or where we differ on purpose:
   only channels, the other only pixels, and bilinear keeps constants), so this equals "resize, 1x1,
   depthwise" at a quarter of the 1x1's cost.  Then depthwise 3x3 + PReLU.
 
-Size: full width, 930,243 parameters (``pynetv2_mobile``); its fp32 TFLite (``compress.tflite``) is
+Size: full width, 930,243 parameters (``pynetv2_mobile``); its fp32 TFLite (``compress.export.tflite``) is
 3,773,144 bytes = 3.60 MiB for a 64x96 packed input (3,793,992 at 28x32, where onnx2tf keeps the
 instance norms' affine as separate ops), against the paper's "3.6 MB" (Sec. III, "Model size").
 Other variants: see their factories' docstrings.  Input: H and W multiples of 4 (8 for Slim) and at
 least 28 (56 for Slim): level 3 must be >= 7x7 for the CAM's two unpadded stride-3 convs.
 
-Pruning (torch-pruning 1.6 through ``compress.prune``): every conv writing a level's channels is tied
+Pruning (torch-pruning 1.6 through ``compress.pruning.prune``): every conv writing a level's channels is tied
 to that level's grouped blocks, whose parts may come out unequal.  Three details keep that exact:
 parts are channel *slices* (torch-pruning's ``torch.split`` mapping follows graph-traversal order
 and pruned the wrong parts), each residual is written ``part + layer(part)`` (torch-pruning sizes a
@@ -72,8 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from students.registry import STUDENTS
-from teachers.registry import ModelInfo
+from teachers.registry import STUDENTS, ModelInfo
 
 VARIANTS = ("full", "nonorm", "slim", "slim_plus")
 BASE_WIDTH = 32  # level-1 channels of the full model (levels 2 and 3: x2, x4)

@@ -7,7 +7,7 @@ then a x2 pixel shuffle from 12 channels to 3: exactly 4,652 parameters for 4-ch
 ``batch_norm=True`` adds training-time BatchNorm after each conv (faster, steadier short trainings);
 ``compress.fold`` merges it back into the convs, so the shipped net is the 4,652-parameter Smallnet.
 
-``block`` trains each conv as a re-parameterizable block (``compress.reparam``: ``"repvgg"``,
+``block`` trains each conv as a re-parameterizable block (``students.reparam``: ``"repvgg"``,
 ``"ecb"``, ``"ereop"``); folding turns each back into one 3x3 conv, so the shipped net is the same.
 A block folds its own BatchNorm (``convN.norm``), so ``conv_bn_pairs`` is empty then.  ``conv3``
 (which feeds the pixel shuffle) is a block too: it stays in ``prune_ignore`` as a whole.
@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.reparam import BlockKind, check_block, make_conv
-from students.registry import STUDENTS
-from teachers.registry import ModelInfo
+from students.reparam import BlockKind, check_block, make_conv
+from teachers.registry import STUDENTS, ModelInfo
 
 
 class Smallnet(nn.Module):

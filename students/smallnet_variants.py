@@ -6,7 +6,7 @@ ReLU, x2 pixel shuffle).
 **MiAlgo, track 1 (Sec. 4.1, Fig. 3 left, Table 1)**: the same three-convolution structure with the
 hidden channels cut from 16 to 12 ("decreased the inference time by about 1/4"): ``Smallnet(12)``,
 3,060 parameters.  The report gives a 0.014 MB TFLite file and no parameter count; this model
-exports (fp32, ``compress.tflite``) to 14,648 bytes = 0.014 MiB.  Open: the activations (Fig. 3
+exports (fp32, ``compress.export.tflite``) to 14,648 bytes = 0.014 MiB.  Open: the activations (Fig. 3
 is not in our text), kept as Smallnet's.  MiAlgo's distillation, used to clean misaligned RAW-RGB pairs, is a
 training matter.
 
@@ -14,7 +14,7 @@ training matter.
 two non-linear ISP operations from Conde et al. [5] -- tone mapping and gamma correction -- on the
 RGB result, then a CBAM block [70].  PyTorch's ``PixelShuffle`` *is* depth-to-space (CRD order;
 TensorFlow's is DCR, a fixed permutation of the preceding conv's output channels), and
-``compress.onnx_export`` already exports it as TFLite's native ``DEPTH_TO_SPACE``, so the Smallnet
+``compress.export.onnx_export`` already exports it as TFLite's native ``DEPTH_TO_SPACE``, so the Smallnet
 trunk is unchanged.  The report gives a 0.041 MB TFLite file and no parameter count; ours has
 4,776 parameters (Smallnet's 4,652 + 3 gammas + 3 tone strengths + CBAM's 118) and exports to
 about 27 KB: the gap is not explained by the text (CBAM on 3 channels cannot hold ~3.5k more
@@ -55,9 +55,8 @@ import torch
 from timm.layers.cbam import CbamModule
 from torch import nn
 
-from students.registry import STUDENTS
 from students.smallnet import Smallnet
-from teachers.registry import ModelInfo
+from teachers.registry import STUDENTS, ModelInfo
 
 GAMMA_EPS = 1e-4
 

@@ -1,7 +1,6 @@
 """Large ISP networks that supervise students. Build them by name with ``create_teacher``."""
-import distill.torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)
+import teachers.torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)
 from teachers import aaunet as _aaunet  # noqa: F401
-from teachers import clean_image as _clean_image  # noqa: F401
 from teachers import punet as _punet  # noqa: F401  (registers its models)
 from teachers import pynet as _pynet  # noqa: F401  (registers its models)
 from teachers.registry import TEACHERS

@@ -90,7 +90,7 @@ class SelfAttention2d(nn.Module):
         out = torch.matmul(attn, v).transpose(1, 2).reshape(n, c, h, w)
         return x + self.gamma * out
 
-    # Channel-coupled pruning (``compress.prune_rules``): the block is pruned as one unit, its input
+    # Channel-coupled pruning (``compress.pruning.rules``): the block is pruned as one unit, its input
     # and output channels together (the residual ties them); query/key keep their inner width.
     @property
     def coupled_channels(self) -> int:
@@ -136,19 +136,11 @@ class AAUNet(PUNET):
         base width ``w``: ``attention`` (16w, H/16), ``dec4`` (8w, H/8), ``dec3`` (4w, H/4),
         ``dec2`` (2w, H/2), ``dec1`` (w, H).
         """
-        l1 = self.down1(x)
-        l2 = self.down2(self.pool(l1))
-        l3 = self.down3(self.pool(l2))
-        l4 = self.down4(self.pool(l3))
-        b1 = self.bottleneck1(self.pool(l4))
-        b2 = self.bottleneck2(b1) + b1
-        b3 = self.bottleneck3(b2) + b2
-        b = self.attention(self.bottleneck4(b3))
-        d4 = self.dec4(torch.cat([l4, self.up4(b)], 1))
-        d3 = self.dec3(torch.cat([l3, self.up3(d4)], 1))
-        d2 = self.dec2(torch.cat([self.skip2(l2), self.up2(d3)], 1))
-        d1 = self.dec1(torch.cat([self.skip1(l1), self.up1(d2), l1], 1))
+        b, d4, d3, d2, d1 = self.unet_features(x)  # PUNET's U-Net, attention after the bottleneck
         return {"attention": b, "dec4": d4, "dec3": d3, "dec2": d2, "dec1": d1}
+
+    def _bottleneck_out(self, b3: torch.Tensor) -> torch.Tensor:
+        return self.attention(super()._bottleneck_out(b3))
 
     def _final(self, d1: torch.Tensor) -> torch.Tensor:
         return _to_rgb(self.head(self.up0(d1)))

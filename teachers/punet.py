@@ -76,7 +76,12 @@ class PUNET(nn.Module):
         self.up0 = UpConv(w, w // 4)
         self.head = nn.Conv2d(w // 4, 3, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _bottleneck_out(self, b3: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's last block; AA-UNet puts its self-attention after it."""
+        return self.bottleneck4(b3)
+
+    def unet_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The bottleneck output, then the decoder levels ``dec4`` .. ``dec1`` (coarse to fine)."""
         l1 = self.down1(x)
         l2 = self.down2(self.pool(l1))
         l3 = self.down3(self.pool(l2))
@@ -84,12 +89,15 @@ class PUNET(nn.Module):
         b1 = self.bottleneck1(self.pool(l4))
         b2 = self.bottleneck2(b1) + b1
         b3 = self.bottleneck3(b2) + b2
-        b4 = self.bottleneck4(b3)
-        d4 = self.dec4(torch.cat([l4, self.up4(b4)], 1))
+        b = self._bottleneck_out(b3)
+        d4 = self.dec4(torch.cat([l4, self.up4(b)], 1))
         d3 = self.dec3(torch.cat([l3, self.up3(d4)], 1))
         d2 = self.dec2(torch.cat([self.skip2(l2), self.up2(d3)], 1))
         d1 = self.dec1(torch.cat([self.skip1(l1), self.up1(d2), l1], 1))
-        return torch.tanh(self.head(self.up0(d1))) * 0.58 + 0.5
+        return b, d4, d3, d2, d1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(self.up0(self.unet_features(x)[-1]))) * 0.58 + 0.5
 
 
 @TEACHERS.register("punet", ModelInfo(tiny_config={"base_width": 4}, input_multiple=16, min_input=16))

@@ -26,7 +26,7 @@ and the TF model) it is 47,551,666 (3,072 = 2 x 1,536 affine parameters fewer); 
 norm at all, 47,527,602.
 
 MACs at a 224x224 packed input (448x448 RAW / sRGB), one image, ``forward`` at level 0:
-``compress.profile.count_macs`` (torch-pruning's counter) gives 342.67 G (342,666,354,688); the
+``compress.runtime.profile.count_macs`` (torch-pruning's counter) gives 342.67 G (342,666,354,688); the
 convolutions alone are 342.13 G multiply-accumulates.  LW-ISP's Table 3 (seed 004) lists PyNET at
 "342.698G FLOPs" for (224, 224): that is the MAC convention, not 2 x MACs (which would be ~685 G).
 Their figure is reproduced to the unit by thop's classic rules on the original graph: conv MACs

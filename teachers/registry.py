@@ -1,16 +1,38 @@
-"""Name -> model-factory registries shared by ``teachers`` and ``students``.
+"""Name -> model-factory registries for the whole zoo: ``TEACHERS`` and ``STUDENTS``.
 
 Models are plain ``nn.Module``s; recipes name them, and the factory's error lists what exists so a
 typo in a recipe is fixed without reading code.
+
+This module sits on the ground floor (it imports nothing of this project), so both model packages
+register into it.  The zoo is complete only once every *provider* module has run its ``@register``
+decorators: ``teachers`` (PUNET, PyNET, AA-UNet) and ``students`` (which also registers the
+clean-image teachers, since those are student bodies run J -> J).  A lookup loads the providers by
+name first, so ``create_teacher("lwisp_clean")`` works whichever package was imported.
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 ModelFactory = Callable[..., nn.Module]
+
+PROVIDERS = ("teachers", "students")
+"""Modules whose import registers the zoo's models (each imports its own architecture modules)."""
+_providers_loaded = False
+
+
+def load_providers() -> None:
+    """Import every provider module once, so every registered name is known before a lookup."""
+    global _providers_loaded
+    if _providers_loaded:
+        return
+    _providers_loaded = True  # set first: a provider's own imports come back here
+    for module in PROVIDERS:
+        importlib.import_module(module)
 
 
 @dataclass(frozen=True)
@@ -51,17 +73,21 @@ class ModelRegistry:
         return decorator
 
     def info(self, name: str) -> ModelInfo:
+        load_providers()
         if name not in self._info:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._info[name]
 
     def names(self) -> list[str]:
+        load_providers()
         return sorted(self._factories)
 
     def __contains__(self, name: object) -> bool:
+        load_providers()
         return name in self._factories
 
     def create(self, name: str, **config: object) -> nn.Module:
+        load_providers()
         if name not in self._factories:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         try:
@@ -71,3 +97,4 @@ class ModelRegistry:
 
 
 TEACHERS = ModelRegistry("teacher")
+STUDENTS = ModelRegistry("student")

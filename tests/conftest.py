@@ -27,8 +27,8 @@ class TinyTFLite:
 
 @pytest.fixture(scope="session")
 def tiny_smallnet_tflite(tmp_path_factory: pytest.TempPathFactory) -> TinyTFLite:
-    from compress.onnx_export import export_onnx
-    from compress.tflite import convert_onnx_to_tflite
+    from compress.export.onnx_export import export_onnx
+    from compress.export.tflite import convert_onnx_to_tflite
     from students import create_student
 
     torch.manual_seed(0)

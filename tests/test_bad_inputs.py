@@ -13,8 +13,9 @@ import io
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -352,7 +353,7 @@ class _NoSpace:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handle, name)
 
-    def __enter__(self) -> "_NoSpace":
+    def __enter__(self) -> _NoSpace:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -389,7 +390,7 @@ def test_full_disk_is_one_line_and_keeps_earlier_outputs(tmp_path: Path, trackin
 
 
 def test_full_disk_while_replacing_a_bundle_keeps_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compress.handoff import write_bundle
+    from compress.bundle.write import write_bundle
 
     tflite = tmp_path / "m.tflite"
     tflite.write_bytes(b"TFL3 model bytes")
@@ -477,7 +478,7 @@ def test_pretrained_teacher_checkpoint_is_used_instead_of_training(tmp_path: Pat
     code, err = cli(capsys, "run", str(recipe), "--workdir", str(work), "--tracking-uri", tracking_uri)
     assert code == 0, err
     (done,) = work.glob("stages/teacher-*/done.json")
-    model, _ = load_model(Path(json.loads(done.read_text())["outputs"]["model"]))
+    model, _ = load_model(Path(json.loads(done.read_text())["result"]["model"]))
     for key, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, state[key])  # loaded as is: a million steps were not trained
 

@@ -9,7 +9,6 @@ chessboard, phantom) are left out: they teach an ISP nothing about real scenes.
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import importlib.resources
 from dataclasses import dataclass

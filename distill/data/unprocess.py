@@ -53,7 +53,7 @@ class CameraModel:
     read_noise: float
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "CameraModel":
+    def sample(cls, rng: np.random.Generator) -> CameraModel:
         """Draw a camera as the paper does: a random convex mix of the real XYZ->camera matrices,
         rows normalised so grey stays grey, white-balance gains red U(1.9, 2.4) and blue U(1.5, 1.9),
         brightening 1 / N(0.8, 0.1), and log-uniform shot noise with read noise on the fitted line."""

@@ -16,11 +16,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.latency import onnx_latency_ms, tflite_latency_ms
-from compress.onnx_export import export_onnx, rewrite_depth_to_space_dcr
-from compress.parity import PSNR_CAP_DB, parity_psnr, psnr_db, run_onnx, run_tflite
-from compress.tflite import (ConversionError, NonBuiltinOpError, assert_builtin_only, convert_onnx_to_tflite,
-                             tflite_io_details, tflite_ops)
+from compress.export.onnx_export import export_onnx, rewrite_depth_to_space_dcr
+from compress.export.tflite import ConversionError, convert_onnx_to_tflite
+from compress.export.tflite_inspect import NonBuiltinOpError, assert_builtin_only, tflite_io_details, tflite_ops
+from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
+from compress.runtime.parity import parity_psnr, run_onnx, run_tflite
+from distill.metrics import PSNR_CAP_DB, psnr_db
 from students import create_student
 from teachers import create_teacher
 
@@ -141,7 +142,7 @@ def test_corrupt_onnx_raises_conversion_error_naming_the_file(tmp_path: Path) ->
 
 def test_failure_mid_conversion_leaves_no_tflite(smallnet_onnx: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import compress.tflite as tfl
+    import compress.export.tflite as tfl
 
     def half_written(onnx_path: Path, work: Path, *args: object) -> dict[str, Path]:
         (work / "fp32.tflite").write_bytes(b"TFL3 half")
@@ -164,7 +165,7 @@ def test_calibration_must_match_the_model_input(smallnet_onnx: Path, tmp_path: P
 
 
 def test_converter_modules_import_without_tensorflow() -> None:
-    code = ("import sys, compress.tflite, compress.parity, compress.latency, compress.onnx_export; "
+    code = ("import sys, compress.export.tflite, compress.runtime.parity, compress.runtime.latency, compress.export.onnx_export; "
             "assert 'tensorflow' not in sys.modules and 'onnx2tf' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

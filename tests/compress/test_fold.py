@@ -57,8 +57,9 @@ def test_fold_sequential_conv_bn_pairs_and_reparameterize_hook() -> None:
 
 def test_fold_keeps_the_activation_of_a_norm_act_module() -> None:
     """timm's BatchNormAct2d is a BatchNorm2d that also applies its activation: folding keeps that."""
-    from students import STUDENTS  # noqa: F401  (makes timm importable; see distill.torch_compat)
     from timm.layers import BatchNormAct2d
+
+    from students import STUDENTS  # noqa: F401  (makes timm importable; see teachers.torch_compat)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(8, act_layer=nn.ReLU6)).eval()

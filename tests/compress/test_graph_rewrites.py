@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.graph_rewrites import REWRITABLE_OPS, rewrite_for_xnnpack_int8, untie_shared_reduce_extrema
-from compress.onnx_export import export_onnx
+from compress.export.graph_rewrites import REWRITABLE_OPS, rewrite_for_xnnpack_int8, untie_shared_reduce_extrema
+from compress.export.onnx_export import export_onnx
 
 SHAPE = (1, 4, 16, 16)
 SLOW_INT8_OPS = {"PRELU", "HARD_SWISH", "MINIMUM", "MAXIMUM", "RELU"}
@@ -86,8 +86,9 @@ def test_unknown_op_is_a_clear_error(onnx_pair: tuple[Path, Path, dict[str, int]
 @pytest.mark.slow
 def test_int8_tflite_runs_wholly_on_xnnpack_after_rewrite(onnx_pair: tuple[Path, Path, dict[str, int]],
                                                          tmp_path: Path) -> None:
-    from compress.tflite import convert_onnx_to_tflite, tflite_ops
-    from compress.xnnpack import xnnpack_report
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.export.tflite_inspect import tflite_ops
+    from compress.runtime.xnnpack import xnnpack_report
 
     before, after, _ = onnx_pair
     frames = np.random.default_rng(1).standard_normal((4, *SHAPE[1:])).astype(np.float32)
@@ -100,7 +101,7 @@ def test_int8_tflite_runs_wholly_on_xnnpack_after_rewrite(onnx_pair: tuple[Path,
 
 
 def test_export_stage_converts_int8_from_a_rewritten_copy_only_when_needed(tmp_path: Path) -> None:
-    from recipes.stages import _xnnpack_int8_source
+    from recipes.stages.export import _xnnpack_int8_source
     from students import create_student
 
     torch.manual_seed(0)
@@ -164,8 +165,9 @@ def test_untie_reduce_extrema_is_exact_and_skips_single_reader_reductions(tmp_pa
 
 @pytest.mark.slow
 def test_int8_tflite_keeps_the_negatives_of_a_feature_whose_channel_max_is_taken(tmp_path: Path) -> None:
-    from compress.parity import psnr_db, run_tflite
-    from compress.tflite import convert_onnx_to_tflite
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.runtime.parity import run_tflite
+    from distill.metrics import psnr_db
 
     torch.manual_seed(0)
     path = export_onnx(SharedChannelMax().eval(), tmp_path / "net.onnx", SHAPE)

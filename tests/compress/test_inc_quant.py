@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from compress.inc_quant import held_out_psnr, inc_autotune, inc_static_int8
-from compress.latency import torch_latency_ms
+from compress.quantization.inc_quant import held_out_psnr, inc_autotune, inc_static_int8
+from compress.runtime.latency import torch_latency_ms
 from students import create_student
 
 

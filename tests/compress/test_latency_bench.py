@@ -1,11 +1,11 @@
-"""benchmarks/latency.py helpers and compress.latency.torch_latency_ms (no conversions)."""
+"""benchmarks/latency.py helpers and compress.runtime.latency.torch_latency_ms (no conversions)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from benchmarks.latency import Entry, packed_size, parse_student, time_interleaved
-from compress.latency import torch_latency_ms
+from compress.runtime.latency import torch_latency_ms
 
 
 def test_parse_student_reads_typed_config() -> None:

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from compress.onnx_export import export_onnx
-from compress.onnx_quant import activation_dtypes, quantize_onnx, quantized_op_types
-from compress.parity import psnr_db, run_onnx
+from compress.export.onnx_export import export_onnx
+from compress.quantization.onnx_quant import activation_dtypes, quantize_onnx, quantized_op_types
+from compress.runtime.parity import run_onnx
+from distill.metrics import psnr_db
 from students import create_student
 
 SHAPE = (1, 4, 32, 32)

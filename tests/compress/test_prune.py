@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from compress.checkpoint import ModelSpec, build_model, load_model, save_model
-from compress.profile import count_macs, count_params
-from compress.prune import PruneTarget, prune_model
+from compress.pruning.prune import PruneTarget, prune_model
+from compress.runtime.profile import count_macs, count_params
 
 
 @pytest.mark.parametrize(
@@ -47,10 +47,11 @@ def test_load_model_rejects_weights_of_another_architecture(tmp_path) -> None:
 
 # --- every registered model, the PixelShuffle rule, budgets -----------------------------------------
 
-from compress.onnx_export import export_onnx  # noqa: E402
-from compress.parity import psnr_db, run_onnx  # noqa: E402
-from compress.prune import PruneError, ratio_for_budget  # noqa: E402
-from compress.prune_rules import ShuffleChainStandIn, shuffle_chains_as_leaves  # noqa: E402
+from compress.export.onnx_export import export_onnx  # noqa: E402
+from compress.pruning.prune import PruneError, ratio_for_budget  # noqa: E402
+from compress.pruning.rules import ShuffleChainStandIn, shuffle_chains_as_leaves  # noqa: E402
+from compress.runtime.parity import run_onnx  # noqa: E402
+from distill.metrics import psnr_db  # noqa: E402
 from students import STUDENTS  # noqa: E402
 from teachers import TEACHERS  # noqa: E402
 
@@ -162,8 +163,8 @@ def test_taylor_importance_uses_gradients_and_layer_ratios_override() -> None:
 
 
 def test_round_targets_compose_to_the_target_and_weights_scale_the_searched_ratio() -> None:
-    from compress.prune import round_targets
-    from compress.sensitivity import derive_layer_weights
+    from compress.pruning.prune import round_targets
+    from compress.pruning.sensitivity import derive_layer_weights
 
     rounds = round_targets(PruneTarget(ratio=0.5), 3)
     keep = 1.0

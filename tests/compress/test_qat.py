@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.qat import QATResult, fake_quant_output, prepare_qat, qat_finetune
+from compress.quantization.qat import QATResult, fake_quant_output, prepare_qat, qat_finetune
 from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
 from distill.trainer import TrainSpec
@@ -72,9 +72,11 @@ def test_qat_rejects_bad_calibration(data) -> None:
 
 @pytest.mark.slow
 def test_fake_quant_output_is_close_to_tflite_int8_and_model_exports(tmp_path, data, qat_smallnet) -> None:
-    from compress.onnx_export import export_onnx
-    from compress.parity import psnr_db, run_tflite
-    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite
+    from compress.export.onnx_export import export_onnx
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.export.tflite_inspect import assert_builtin_only
+    from compress.runtime.parity import run_tflite
+    from distill.metrics import psnr_db
 
     _, calibration = data
     _, result = qat_smallnet

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from compress.calibration import calibration_crops
-from compress.latency import tflite_latency_ms
-from compress.onnx_export import export_onnx
-from compress.parity import psnr_db, run_tflite
-from compress.selective import layer_errors, quantize_with_float_layers
-from compress.tflite import (QUANT_MODES, ConverterFactory, assert_builtin_only, convert_onnx_to_tflite,
-                             tflite_io_details)
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import QUANT_MODES, ConverterFactory, convert_onnx_to_tflite
+from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
+from compress.quantization.calibration import calibration_crops
+from compress.quantization.selective import layer_errors, quantize_with_float_layers
+from compress.runtime.latency import tflite_latency_ms
+from compress.runtime.parity import run_tflite
+from distill.metrics import psnr_db
 from students import create_student
 
 SHAPE = (1, 4, 32, 32)
@@ -182,7 +183,7 @@ def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path], v
     import sys
 
     # the degenerate output scale made XNNPACK abort the process, so it runs in a child
-    code = ("import sys, numpy as np; from compress.xnnpack import xnnpack_report; from compress.parity import "
+    code = ("import sys, numpy as np; from compress.runtime.xnnpack import xnnpack_report; from compress.runtime.parity import "
             "run_tflite; print(xnnpack_report(sys.argv[1])['partitions']); "
             "print(float(np.abs(run_tflite(sys.argv[1], np.full((1, 4, 16, 16), 0.5, np.float32))).max()))")
     done = subprocess.run([sys.executable, "-c", code, str(trap_variants[variant])], capture_output=True, text=True,

@@ -10,9 +10,9 @@ from torch import nn
 
 from compress.checkpoint import ModelSpec, build_model, load_model, save_model
 from compress.fold import fold_model
-from compress.prune import PruneTarget, prune_model
-from compress.reparam import BLOCKS, ECB, EReopConv, MaskBranch, RepBlock, RepVGGBlock, make_conv
+from compress.pruning.prune import PruneTarget, prune_model
 from students import create_student
+from students.reparam import BLOCKS, ECB, EReopConv, MaskBranch, RepBlock, RepVGGBlock, make_conv
 
 REP_BLOCKS = tuple(b for b in BLOCKS if b != "conv")
 TOL = 1e-5
@@ -236,9 +236,10 @@ def test_pruned_rep_block_student_rebuilds_from_its_plan_and_folds(tmp_path: Pat
 def test_folded_ecb_smallnet_exports_to_onnx_and_fp32_tflite(tmp_path: Path) -> None:
     import onnx
 
-    from compress.onnx_export import export_onnx
-    from compress.parity import parity_psnr
-    from compress.tflite import assert_builtin_only, convert_onnx_to_tflite, tflite_ops
+    from compress.export.onnx_export import export_onnx
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.export.tflite_inspect import assert_builtin_only, tflite_ops
+    from compress.runtime.parity import parity_psnr
 
     torch.manual_seed(0)
     model = _randomise(create_student("smallnet", width=8, block="ecb", batch_norm=True)).eval()

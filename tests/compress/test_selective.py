@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress.onnx_export import export_onnx
-from compress.parity import psnr_db, run_tflite
-from compress.selective import SelectiveResult, search, selective_markdown
-from compress.tflite import ConverterFactory, assert_builtin_only, convert_onnx_to_tflite, tflite_io_details
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import ConverterFactory, convert_onnx_to_tflite
+from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
+from compress.quantization.selective import SelectiveResult, search, selective_markdown
+from compress.runtime.parity import run_tflite
+from distill.metrics import psnr_db
 from students import create_student
 
 SHAPE = (1, 4, 32, 32)
@@ -103,7 +105,7 @@ def test_selected_model_is_builtin_mixed_precision_with_int8_io(searches: dict) 
     assert_builtin_only(model)
     io = tflite_io_details(model)
     assert io["inputs"][0]["dtype"] == "int8" and io["outputs"][0]["dtype"] == "int8"
-    from compress.tflite import tflite_ops
+    from compress.export.tflite_inspect import tflite_ops
 
     assert "DEQUANTIZE" in tflite_ops(model)  # a float island inside the int8 graph
 

@@ -7,10 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from compress.parity import run_tflite
-from compress.tiling import (UnboundedReceptiveFieldError, measure_receptive_field, plan_tiles,
-                             receptive_field_margin, tflite_runner, tiled_inference, tiled_tflite, tiled_torch,
-                             torch_runner)
+from compress.runtime.parity import run_tflite
+from compress.runtime.tiling import (
+    UnboundedReceptiveFieldError,
+    measure_receptive_field,
+    plan_tiles,
+    receptive_field_margin,
+    tflite_runner,
+    tiled_inference,
+    tiled_tflite,
+    tiled_torch,
+    torch_runner,
+)
 from students import create_student
 
 

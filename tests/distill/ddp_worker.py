@@ -12,7 +12,8 @@ from torch import nn
 from distill import distributed
 from distill.adapters import FeaturePair
 from distill.distiller import Distiller
-from distill.trainer import TrainSpec, evaluate, train
+from distill.evaluation import evaluate
+from distill.trainer import TrainSpec, train
 
 SPEC = TrainSpec(steps=12, lr=2e-2, batch_size=4, losses={"l1": 1.0, "ssim": 0.2}, log_every=1, device="cpu")
 

@@ -10,8 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpointing import (CheckpointError, capture_rng_states, load_checkpoint, restore_rng_states,
-                                   save_checkpoint)
+from distill.checkpointing import (
+    CheckpointError,
+    capture_rng_states,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
 from distill.trainer import TrainSpec, train
 
 

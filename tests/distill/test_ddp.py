@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from distill import distributed
-from distill.trainer import StreamBatches
+from distill.batches import StreamBatches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]

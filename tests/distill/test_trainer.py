@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from distill.distiller import Distiller
-from distill.trainer import Task, TrainSpec, evaluate, train
+from distill.evaluation import Task, evaluate
+from distill.trainer import TrainSpec, train
 
 
 class Pairs(torch.utils.data.Dataset):

@@ -11,10 +11,11 @@ SIZE = 16
 
 def build_tiny_bundle(folder: Path) -> Path:
     """ONNX -> onnx2tf -> TFLite -> ``write_bundle``: the same path the export and handoff stages take."""
-    from compress.handoff import golden_tolerance, write_bundle
-    from compress.onnx_export import export_onnx
-    from compress.parity import run_tflite
-    from compress.tflite import convert_onnx_to_tflite, tflite_io_details
+    from compress.bundle.write import golden_tolerance, write_bundle
+    from compress.export.onnx_export import export_onnx
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.export.tflite_inspect import tflite_io_details
+    from compress.runtime.parity import run_tflite
     from students import STUDENTS
 
     torch.manual_seed(0)

@@ -94,6 +94,7 @@ def test_headline_latency_follows_the_shipped_variant() -> None:
     from types import SimpleNamespace
 
     from recipes.metric_keys import headline_latency_key, summary_metrics
+    from recipes.results import ExportResult
 
     keys = {"latency_ms_tflite_fp32_2t", "latency_ms_tflite_int8_1t", "latency_ms_tflite_int8_2t",
             "latency_ms_tflite_int8_fio_2t", "latency_ms_tflite_float16_2t", "latency_ms_onnx_2t"}
@@ -102,7 +103,8 @@ def test_headline_latency_follows_the_shipped_variant() -> None:
     assert headline_latency_key(keys, "dynamic") == "latency_ms_tflite_fp32_2t"  # not built: fp32
     assert headline_latency_key({"latency_ms_fhd_tflite_int8_1t", *keys}) == "latency_ms_fhd_tflite_int8_1t"
     model = {"psnr": 30.0, "ssim": 0.9, "params": 1.0, "macs": 1.0, "size_kb": 1.0}
-    export = SimpleNamespace(name="export", outputs={"shipped_variant": "float16"},
+    result = ExportResult(onnx=Path("m.onnx"), tflite={}, shipped_variant="float16", io_details=Path("io.json"))
+    export = SimpleNamespace(name="export", result=result,
                              metrics={**model, "latency_ms_tflite_int8_2t": 1.0, "latency_ms_tflite_float16_2t": 4.0})
     summary = summary_metrics([export])
     assert summary["mai2021_score"] == pytest.approx(mai2021_score(30.0, 4.0))

@@ -58,7 +58,7 @@ def _student_metrics(tmp_path: Path, recipe: str, *overrides: str) -> tuple[dict
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[spec.name], output_format="list")
     stage = next(r for r in runs if r.data.tags.get("stage") == "student")
-    return outcomes[1].outputs, stage.data
+    return outcomes[1].result, stage.data
 
 
 def test_lwisp_hetero_kd_logs_each_feature_term_and_ships_no_adapter(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_lwisp_hetero_kd_logs_each_feature_term_and_ships_no_adapter(tmp_path: P
             "train_l1", "train_ms_ssim"} <= set(run.metrics)
     assert run.metrics["kd_adapter_params"] == (8 * 16 + 16) + (4 * 8 + 8)  # two 1x1 convs, up4 needs none
     assert run.params["kd_pairs"] == "up2->up1, up3->up2, up4->up3"
-    student, _ = load_model(Path(outputs["model"]))
+    student, _ = load_model(outputs.model)
     assert not any("adapter" in k or "proj" in k for k in student.state_dict())
 
 

@@ -21,6 +21,6 @@ def test_an_ecb_student_with_fold_off_is_folded_at_export(tmp_path: Path) -> Non
     _, outcomes = run_recipe(spec, path, tmp_path)
     assert [o.name for o in outcomes] == ["teacher", "student", "quantize", "export"]
     export = outcomes[-1]
-    graph = onnx.load(export.outputs["onnx"]).graph
+    graph = onnx.load(export.result.onnx).graph
     assert sum(node.op_type == "Conv" for node in graph.node) == 3  # three ECBs, each one conv
     assert export.metrics["parity_psnr_db_tflite_fp32"] >= 60 and export.metrics["parity_psnr_db_onnx"] >= 60

@@ -17,9 +17,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from compress.handoff import golden_tolerance, write_bundle
-from compress.parity import run_tflite
-from compress.tflite import tflite_io_details
+from compress.bundle.write import golden_tolerance, write_bundle
+from compress.export.tflite_inspect import tflite_io_details
+from compress.runtime.parity import run_tflite
 from distill.data.bayer import PACKED_ORDER, colour_offsets, unpack_bayer
 from recipes.cli import main
 

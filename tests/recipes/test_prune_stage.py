@@ -34,7 +34,7 @@ def test_iterative_pruning_to_a_macs_budget_with_sensitivity(tmp_path: Path) -> 
     assert metrics["macs_reduction"] >= 0.4
     assert metrics["round1_macs"] > metrics["round2_macs"]  # two rounds, each pruning further
     assert {"round1_psnr", "round2_psnr", "round1_psnr_pruned", "sensitivity_max_drop_db", "psnr_drop_db"} <= set(metrics)
-    folder = Path(outcomes[-1].outputs["model"]).parent
+    folder = outcomes[-1].result.model.parent
     table = json.loads((folder / "sensitivity.json").read_text())
     assert {row["layer"] for row in table} == {"conv1", "conv2"}  # conv3 feeds the RGB pixel shuffle
     assert (folder / "sensitivity.png").stat().st_size > 1000
@@ -47,7 +47,7 @@ def test_fold_before_prune_rebuilds_from_the_folded_channel_plan(tmp_path: Path)
     outcomes, _ = _run(tmp_path, "run_until=prune", "fold.before_prune=true", "prune.ratio=0.5",
                        "prune.importance=magnitude")
     assert [o.name for o in outcomes] == ["teacher", "student", "fold", "prune"]
-    model, spec = load_model(Path(outcomes[-1].outputs["model"]))
+    model, spec = load_model(outcomes[-1].result.model)
     assert spec.folded and spec.widths_after_fold and spec.widths["conv1"] == 4
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 

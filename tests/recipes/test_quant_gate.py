@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from compress.handoff import render_readme
+from compress.bundle.card import input_size_section
+from compress.bundle.write import render_readme
 from recipes.loader import RecipeError, load_recipe
-from recipes.model_card import input_size_section
 from recipes.runner import StageError, run_recipe
 from recipes.schema import DEFAULT_MAX_DROP_DB, QuantizeStage
 
@@ -61,9 +60,9 @@ def test_qat_model_is_what_the_export_converts(gated_run: dict) -> None:
 
     outcomes = gated_run["outcomes"]
     q, m = outcomes["quantize"].metrics, outcomes["export"].metrics
-    qat_model, spec = load_model(Path(outcomes["quantize"].outputs["model"]))
-    student, _ = load_model(Path(outcomes["student"].outputs["model"]))
-    assert spec.folded and Path(outcomes["quantize"].outputs["model"]).is_relative_to(gated_run["workdir"] / "stages")
+    qat_model, spec = load_model(outcomes["quantize"].result.model)
+    student, _ = load_model(outcomes["student"].result.model)
+    assert spec.folded and outcomes["quantize"].result.model.is_relative_to(gated_run["workdir"] / "stages")
     x = torch.rand(1, 4, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(qat_model(x), student(x), atol=1e-6)  # QAT changed the weights
@@ -74,7 +73,7 @@ def test_qat_model_is_what_the_export_converts(gated_run: dict) -> None:
 
 @pytest.mark.slow
 def test_x86_variants_are_scored_next_to_tflite(gated_run: dict) -> None:
-    from compress.onnx_quant import activation_dtypes
+    from compress.quantization.onnx_quant import activation_dtypes
 
     export = gated_run["outcomes"]["export"]
     m = export.metrics
@@ -86,13 +85,13 @@ def test_x86_variants_are_scored_next_to_tflite(gated_run: dict) -> None:
     assert m["psnr_drop_db_inc_int8"] == pytest.approx(m["psnr_pytorch"] - m["psnr_inc_int8"])
     assert m["parity_psnr_db_onnx_int16"] > m["parity_psnr_db_onnx_int8"] > 20  # 16-bit activations are closer
     assert m["latency_ms_pytorch_2t"] > 0 and 1 <= m["inc_trials"] <= 2
-    assert activation_dtypes(Path(export.outputs["onnx_int8"])) == {"uint8"}
-    assert activation_dtypes(Path(export.outputs["onnx_int16"])) == {"int16"}
+    assert activation_dtypes(export.result.x86["onnx_int8"]) == {"uint8"}
+    assert activation_dtypes(export.result.x86["onnx_int16"]) == {"int16"}
 
 
 @pytest.mark.slow
 def test_card_lists_variants_precision_calibration_size_rules_and_hash(gated_run: dict) -> None:
-    bundle = Path(gated_run["outcomes"]["handoff"].outputs["bundle"])
+    bundle = gated_run["outcomes"]["handoff"].result.bundle
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["variant"] == "int8" and card["quantization"].startswith("int8: per-channel")
     assert sorted(card["quality"]) == sorted(f"tflite_{v}" for v in VARIANTS)

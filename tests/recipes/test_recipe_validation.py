@@ -5,9 +5,10 @@ import pytest
 import yaml
 
 from recipes.cli import main
-from recipes.loader import RecipeError, builtin_recipes, flatten, load_recipe
+from recipes.loader import RecipeError, builtin_recipes, load_recipe
+from recipes.schema import flatten
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "builtin" / "quickstart.yaml"
 
 
 def _write(tmp_path: Path, text: str) -> Path:

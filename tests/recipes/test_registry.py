@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recipes.cli import main
-from recipes.registry import DIGEST_TAG, bundle_digest, parse_ref, RegistryError
+from recipes.registry import DIGEST_TAG, RegistryError, bundle_digest, parse_ref
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bundle_fixture import build_tiny_bundle  # noqa: E402

@@ -21,7 +21,7 @@ def _run(recipe: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[spec.name], output_format="list")
     stage = next(r for r in runs if r.data.tags.get("stage") == "teacher")
-    return outcomes[0].outputs, stage.data.metrics
+    return outcomes[0].result, stage.data.metrics
 
 
 def test_pynet_level_wise_schedule_trains_every_level_from_the_previous_one(tmp_path: Path) -> None:
@@ -29,11 +29,11 @@ def test_pynet_level_wise_schedule_trains_every_level_from_the_previous_one(tmp_
     outputs, metrics = _run("pynet_teacher", tmp_path, f"teacher.levels={levels}", "teacher.config.width=0.0625")
     for k in range(6):
         assert f"level{k}_psnr" in metrics and f"level{k}_train_loss" in metrics
-    folder = Path(outputs["model"]).parent
+    folder = outputs.model.parent
     level5, _ = load_model(folder / "level5")
     level4, _ = load_model(folder / "level4")
     level1, _ = load_model(folder / "level1")
-    final, _ = load_model(Path(outputs["model"]))
+    final, _ = load_model(outputs.model)
     # level 4 continued from level 5: the shared encoder moved on; the level-0 head got no gradient
     # before level 0 was trained, so it is the same tensor in every checkpoint up to level 1.
     assert not torch.equal(level5.conv_l1_d1.conv_3a.conv2d.weight, level4.conv_l1_d1.conv_3a.conv2d.weight)

@@ -3,7 +3,7 @@ import torch
 
 from compress.checkpoint import apply_channel_plan
 from compress.fold import fold_model
-from compress.prune import PruneTarget, prune_model
+from compress.pruning.prune import PruneTarget, prune_model
 from students import create_student
 from students.aaunet_student import AttentionInception
 from teachers import create_teacher

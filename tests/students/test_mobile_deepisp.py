@@ -1,6 +1,7 @@
 import socket
 
 import pytest
+import timm  # after students: torchvision on CPU torch (teachers.torch_compat)
 import torch
 from torch import nn
 
@@ -8,8 +9,6 @@ import students.mobile_deepisp  # noqa: F401  (registers mobile_deepisp)
 from compress.fold import fold_model
 from students import STUDENTS, create_student
 from students.mobile_deepisp import MobileDeepISP
-
-import timm  # after students: torchvision on CPU torch (distill.torch_compat)
 
 
 def _tiny() -> MobileDeepISP:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import students.pynetv2 as pv2
-from students.registry import STUDENTS
+from teachers.registry import STUDENTS
 
 NAMES = ("pynetv2_mobile", "pynetv2_mobile_nonorm", "pynetv2_mobile_slim", "pynetv2_mobile_slim_plus")
 SLIM = {"pynetv2_mobile_slim", "pynetv2_mobile_slim_plus"}
@@ -254,7 +254,7 @@ def test_module_order_puts_each_levels_grouped_blocks_before_its_other_writers()
 def test_pruning_a_level3_channel_shrinks_the_part_holding_it(channel: int, part: int) -> None:
     import torch_pruning as tp
 
-    from compress.prune_rules import dependency_graph
+    from compress.pruning.rules import dependency_graph
 
     model = STUDENTS.create("pynetv2_mobile", width=0.5)  # level 3: 64 channels, parts of 16
     graph = dependency_graph(model, torch.zeros(1, 4, 28, 28))
@@ -270,7 +270,7 @@ def test_pruning_a_silent_channel_keeps_the_output(name: str) -> None:
     """Zero everything writing one channel of each level, prune those channels: the output must not move."""
     import torch_pruning as tp
 
-    from compress.prune_rules import dependency_graph
+    from compress.pruning.rules import dependency_graph
 
     torch.manual_seed(0)
     model = STUDENTS.create(name, width=0.25).eval()
@@ -296,7 +296,7 @@ def test_pruning_a_silent_channel_keeps_the_output(name: str) -> None:
 def test_channel_plan_of_a_pruned_model_rebuilds() -> None:
     """Unequal group parts after pruning: ``apply_channel_plan`` (a fresh graph per trim) rebuilds them."""
     from compress.checkpoint import apply_channel_plan, channel_plan
-    from compress.prune import PruneTarget, prune_model
+    from compress.pruning.prune import PruneTarget, prune_model
 
     torch.manual_seed(0)
     pruned = STUDENTS.create("pynetv2_mobile", width=0.5)

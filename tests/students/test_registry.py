@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from compress.onnx_export import export_onnx
-from compress.parity import parity_psnr
+from compress.export.onnx_export import export_onnx
+from compress.runtime.parity import parity_psnr
 from students import STUDENTS, create_student, list_students
 
 NAMES = list_students()
@@ -88,7 +88,7 @@ def test_feature_taps_are_module_paths_that_fire(name: str) -> None:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory):
     """``exported(name)``: the tiny model, its ONNX and fp32 TFLite files and a test input, built once."""
-    from compress.tflite import convert_onnx_to_tflite
+    from compress.export.tflite import convert_onnx_to_tflite
 
     root, cache = tmp_path_factory.mktemp("students"), {}
 
@@ -107,7 +107,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_and_fp32_tflite_match_pytorch_with_builtin_ops_only(name: str, exported) -> None:
-    from compress.tflite import assert_builtin_only, tflite_ops
+    from compress.export.tflite_inspect import assert_builtin_only, tflite_ops
 
     art = exported(name)
     assert parity_psnr(art["model"], art["onnx"], art["x"]) >= 60.0

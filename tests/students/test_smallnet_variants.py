@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers.cbam import CbamModule  # after students: torchvision on CPU torch (teachers.torch_compat)
 
 import students.smallnet_variants  # noqa: F401  (registers smallnet_mialgo and smallnet_jmu)
 from compress.fold import fold_model
 from students import STUDENTS, create_student
 from students.smallnet import Smallnet
 from students.smallnet_variants import LearnableGamma, LearnableToneMap, SmallnetJMU
-from timm.layers.cbam import CbamModule  # after students: torchvision on CPU torch (distill.torch_compat)
 
 
 def _params(module: torch.nn.Module) -> int:

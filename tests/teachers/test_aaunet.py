@@ -4,7 +4,12 @@ import torch
 
 from teachers import create_teacher
 from teachers.aaunet import (
-    AAUNET_LOSS_WEIGHTS, FEATURE_MODULES, AAUNet, SelfAttention2d, aaunet_multilevel_loss, downsample_target,
+    AAUNET_LOSS_WEIGHTS,
+    FEATURE_MODULES,
+    AAUNet,
+    SelfAttention2d,
+    aaunet_multilevel_loss,
+    downsample_target,
 )
 from teachers.punet import PUNET
 
@@ -112,7 +117,7 @@ def test_multilevel_loss_errors_name_the_term() -> None:
 
 def test_pruning_treats_attention_as_one_unit_and_rebuilds_from_the_plan() -> None:
     from compress.checkpoint import apply_channel_plan
-    from compress.prune import PruneTarget, prune_model
+    from compress.pruning.prune import PruneTarget, prune_model
 
     torch.manual_seed(0)
     model = create_teacher("aaunet", base_width=8)

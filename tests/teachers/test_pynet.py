@@ -82,7 +82,7 @@ def test_rejects_bad_level_and_width() -> None:
 
 def test_channel_pruning_keeps_the_forward_consistent() -> None:
     """Only the requested level's head runs, so torch-pruning's traced graph is the computed one."""
-    from compress.prune import PruneTarget, prune_model
+    from compress.pruning.prune import PruneTarget, prune_model
 
     model = create_teacher("pynet", width=TINY)
     prune_model(model, torch.rand(1, 4, 32, 32), PruneTarget(ratio=0.25))

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from compress.onnx_export import export_onnx
-from compress.parity import psnr_db, run_onnx
+from compress.export.onnx_export import export_onnx
+from compress.runtime.parity import run_onnx
+from distill.metrics import psnr_db
 from teachers import TEACHERS, create_teacher, list_teachers
 
 

@@ -1,7 +1,8 @@
 """Run exported models like PyTorch does (NCHW float in, NCHW float out) and measure how close they are.
 
 Exported files differ from the PyTorch model in layout (TFLite is NHWC), in dtype (int8 I/O) and in
-batch size (fixed at export).  These runners hide all three so one PSNR compares like with like.
+batch size (fixed at export).  These runners hide all three so one PSNR (``distill.metrics.psnr_db``)
+compares like with like.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-PSNR_CAP_DB = 100.0  # identical outputs: a finite number keeps means and MLflow plots usable
+from distill.metrics import psnr_db
+
 INTEGER_DTYPES = (np.int8, np.uint8, np.int16)
 
 
@@ -73,22 +75,6 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
         return y.astype(np.float32)
     scale, zero_point = detail["quantization"]
     return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Mean over images of per-image PSNR (the papers' convention), capped at ``PSNR_CAP_DB``.
-
-    Arrays are ``(N, ...)`` image batches; a single 3-D image counts as a batch of one.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"PSNR needs equal shapes; got {a.shape} and {b.shape}")
-    if a.ndim <= 3:
-        a, b = a[None], b[None]
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        per_image = 10.0 * np.log10(data_range**2 / mse)
-    return float(np.minimum(per_image, PSNR_CAP_DB).mean())
 
 
 @torch.no_grad()

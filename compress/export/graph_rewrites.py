@@ -2,7 +2,7 @@
 
 XNNPACK (ai-edge-litert 2.3) runs INT8 ``LEAKY_RELU``, ``ADD``, ``SUB`` and ``MUL`` but leaves
 INT8 ``PRELU``, ``HARD_SWISH``, ``MINIMUM``, ``MAXIMUM`` and a ``RELU`` that is not fused into the op
-before it to TFLite's own kernels (``compress.xnnpack`` finds them; ``docs/quantization.md`` has the
+before it to TFLite's own kernels (``compress.runtime.xnnpack`` finds them; ``docs/quantization.md`` has the
 whole list).  Each such op costs a slow kernel plus a graph partition, and turns INT8 slower than
 fp32 (16-channel net: PReLU x1.49, HardSwish x1.35, ``Clip(0, 1)`` x1.66).  Each rewrite below
 expresses the op exactly (in real arithmetic) with ops XNNPACK takes, ``|x|`` being written as

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.handoff import BUNDLE_FILES, file_sha256
+from compress.bundle.write import BUNDLE_FILES, file_sha256
+from compress.runtime.parity import run_tflite
 
 
 class BundleError(ValueError):
@@ -91,8 +92,6 @@ def _check_sha(card: dict[str, Any], model: Path, result: VerifyResult) -> None:
 def _check_model(card: dict[str, Any] | None, bundle: Path, result: VerifyResult, num_threads: int) -> None:
     """Load the model, compare its input with the card, re-run the golden vectors."""
     from ai_edge_litert.interpreter import Interpreter
-
-    from compress.parity import run_tflite
 
     model = bundle / "model.tflite"
     try:

@@ -2,21 +2,28 @@
 
 ``process`` reads the file (``distill.data.camera``), packs the mosaic with the *file's* CFA pattern
 into the channel order the model card names (so a GRBG sensor feeds a model trained on RGGB data the
-same colours per channel), runs the bundle's ``model.tflite`` tile by tile (``compress.tiling``) and
+same colours per channel), runs the bundle's ``model.tflite`` tile by tile (``compress.runtime.tiling``) and
 writes an 8-bit sRGB PNG the size of the (even-cropped) mosaic.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from compress.bundle_check import BundleError, load_card, verify_bundle
+from compress.bundle.verify import BundleError, load_card
+from compress.runtime.tiling import (
+    DEFAULT_BLEND,
+    TFLITE_TILES_PER_CALL,
+    measure_receptive_field,
+    plan_tiles,
+    tflite_runner,
+    tiled_inference,
+)
 from distill.data.bayer import PACKED_ORDER, pack_bayer
 from distill.data.camera import read_bayer
 
@@ -85,9 +92,6 @@ def process_file(
 
     Bad input raises ``DataError`` (the camera file) or ``BundleError`` / ``ValueError`` (bundle, options).
     """
-    from compress.tiling import (DEFAULT_BLEND, TFLITE_TILES_PER_CALL, measure_receptive_field, plan_tiles,
-                                 tflite_runner, tiled_inference)
-
     bundle, output = Path(bundle), Path(output)
     if output.suffix.lower() != ".png":
         raise ValueError(f"{output}: the output is written as PNG; give a .png file name")
@@ -140,8 +144,6 @@ def process_file(
     pixels = rgb.astype(np.uint8).transpose(1, 2, 0)
     del rgb
     output.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     Image.fromarray(np.ascontiguousarray(pixels)).save(output, compress_level=PNG_COMPRESS_LEVEL)
     seconds = time.perf_counter() - start
     sample = pixels[::4, ::4]  # statistics for the report; a 1/16 sample is plenty and 16x cheaper
@@ -149,42 +151,3 @@ def process_file(
     return ProcessResult(output=output, info=info, model_pattern=str((card.get("input") or {}).get("bayer_pattern")),
                          tile=(th, tw), tiles=tiles, overlap=overlap, overlap_source=source, blend=blend,
                          threads=threads, seconds=seconds, image_size=(pixels.shape[0], pixels.shape[1]), stats=stats)
-
-
-# --------------------------------------------------------------------------- CLI glue
-
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """``process`` and ``verify`` parsers (called from ``recipes.cli``)."""
-    process = sub.add_parser("process", help="run a hand-off bundle on a camera RAW file -> 8-bit sRGB PNG")
-    process.add_argument("input", type=Path, help="DNG / camera RAW (via LibRaw), or a 16-bit PNG/PGM Bayer mosaic")
-    process.add_argument("--bundle", type=Path, required=True, help="hand-off bundle folder (model.tflite + card)")
-    process.add_argument("-o", "--output", type=Path, required=True, help="output .png")
-    process.add_argument("--pattern", default=None, help="CFA order, e.g. GRBG (required for PNG/PGM)")
-    process.add_argument("--black", type=float, default=None, help="black level (required for PNG/PGM)")
-    process.add_argument("--white", type=float, default=None, help="white level (required for PNG/PGM)")
-    process.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
-    process.add_argument("--overlap", type=int, default=None, help="tile context in packed pixels (default: the card's "
-                         "input_size.overlap, else the receptive-field margin measured on model.tflite)")
-
-    verify = sub.add_parser("verify", help="check a hand-off bundle: files, model hash, golden vectors")
-    verify.add_argument("bundle", type=Path, help="hand-off bundle folder")
-    verify.add_argument("--threads", type=int, default=2)
-
-
-def process_command(args: argparse.Namespace) -> int:
-    result = process_file(args.input, args.bundle, args.output, pattern=args.pattern, black=args.black,
-                          white=args.white, threads=args.threads, overlap=args.overlap)
-    print(result.report())
-    return 0
-
-
-def verify_command(args: argparse.Namespace) -> int:
-    """Exit 0 and ``OK`` when every check passes, else 1 with one ``FAILED:`` line per problem."""
-    result = verify_bundle(args.bundle, num_threads=args.threads)
-    for line in result.passed:
-        print(f"  ok: {line}")
-    for line in result.failures:
-        print(f"FAILED: {line}", file=sys.stderr)
-    print("OK" if result.ok else f"{args.bundle}: {len(result.failures)} check(s) failed")
-    return 0 if result.ok else 1

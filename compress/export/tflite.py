@@ -1,4 +1,4 @@
-"""ONNX -> TFLite (fp32 and post-training quantized) through onnx2tf, plus op and I/O inspection.
+"""ONNX -> TFLite (fp32 and post-training quantized) through onnx2tf.
 
 onnx2tf only builds the NHWC Keras graph; the TFLite files come from our own ``TFLiteConverter``
 calls.  That keeps calibration under our control (the RAW frames given, never onnx2tf's default RGB
@@ -6,12 +6,14 @@ set), restricts every model to TFLite builtin ops (a Flex op fails the conversio
 later on a phone), and makes each quantization mode one small converter setting.
 
 TensorFlow and onnx2tf cost ~10 s and ~700 MB to import, so they are imported inside the functions
-that convert; inspecting a finished ``.tflite`` needs only ai-edge-litert.
+that convert (onnx, ~0.6 s, comes with ``compress.export.graph_rewrites``).  Every converted flatbuffer
+goes through the repairs of ``compress.export.tflite_patches``; inspecting a finished ``.tflite`` is
+``compress.export.tflite_inspect`` (ai-edge-litert only).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
+import ctypes
 import os
 import shutil
 import sys
@@ -23,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from compress.export.graph_rewrites import untie_shared_reduce_extrema
+from compress.export.tflite_patches import finish_flatbuffer
+
 # mode -> needs calibration frames.  fp32 is always written; the others on request.
 # dynamic: dynamic-range quantization (int8 weights, float activations quantized on the fly per op).
 QUANT_MODES: dict[str, bool] = {"int8": True, "int16x8": True, "float16": False, "dynamic": False}
@@ -33,10 +38,6 @@ class ConversionError(RuntimeError):
     """An ONNX file could not be turned into TFLite; the message names the file and the cause."""
 
 
-class NonBuiltinOpError(ValueError):
-    """A ``.tflite`` uses Flex (TF Select) or custom ops, which stock runtimes and delegates lack."""
-
-
 def convert_onnx_to_tflite(
     onnx_path: Path,
     out_dir: Path,
@@ -44,6 +45,7 @@ def convert_onnx_to_tflite(
     int8_io: bool = True,
     modes: Sequence[str] | None = None,
     extra: ExtraBuild | None = None,
+    untie_reduce_extrema: bool = True,
 ) -> dict[str, Path]:
     """Convert ``onnx_path`` to ``{stem}_fp32.tflite`` and quantized variants in ``out_dir``.
 
@@ -57,7 +59,11 @@ def convert_onnx_to_tflite(
     ``extra(factory, built, work)`` runs after the modes, inside the same onnx2tf run: it gets the
     ``ConverterFactory``, the files built so far and the work folder, and returns more ``{key: path}``
     files (written in ``work``) that are moved into ``out_dir`` with the others; selective precision
-    (``compress.selective``) uses it to reuse the Keras graph instead of converting the ONNX file again.
+    (``compress.quantization.selective``) uses it to reuse the Keras graph instead of converting the ONNX file again.
+
+    ``untie_reduce_extrema=False`` skips ``compress.export.graph_rewrites.untie_shared_reduce_extrema``
+    and converts the graph as plain onnx2tf + TFLite leave it: only to measure what that rewrite is
+    worth (``benchmarks.quant``'s ``lwisp_tied``: LW-ISP w0.25 int8 PTQ loses ~1.26 dB without it).
 
     Returns ``{"fp32": path, mode: path, ...}``.  Everything is built in a temporary folder and moved
     into ``out_dir`` only when every requested file converted, so a failure leaves no ``.tflite``.
@@ -81,7 +87,7 @@ def convert_onnx_to_tflite(
         failure: BaseException | None = None
         with _captured_output(work / "convert.log") as log_path:
             try:
-                built = _build_all(onnx_path, work, frames, int8_io, modes, extra)
+                built = _build_all(onnx_path, work, frames, int8_io, modes, extra, untie_reduce_extrema)
             except ImportError:
                 raise
             except (Exception, SystemExit) as exc:  # onnx2tf reports many errors with sys.exit(1)
@@ -167,8 +173,6 @@ def _captured_output(log_path: Path) -> Iterator[Path]:
 def _flush_c_stdio() -> None:
     """Flush C's stdio buffers so converter printf output lands in the log, not on the console later."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).fflush(None)
     except (OSError, AttributeError):
         pass
@@ -206,19 +210,18 @@ class ConverterFactory:
         return _representative(self.frames, self.batch)
 
     def finish(self, flatbuffer: bytes) -> bytes:
-        renamed = _rename_io(flatbuffer, self.input_names, self.output_names)
-        return requantize_biases(snap_leaky_relu_scales(widen_degenerate_scales(renamed)))
+        return finish_flatbuffer(flatbuffer, self.input_names, self.output_names)
 
 
 ExtraBuild = Callable[[ConverterFactory, dict[str, Path], Path], dict[str, Path]]
 
 
 def _build_all(onnx_path: Path, work: Path, frames: np.ndarray | None, int_io: bool,
-               modes: Sequence[str], extra: ExtraBuild | None = None) -> dict[str, Path]:
+               modes: Sequence[str], extra: ExtraBuild | None = None, untie: bool = True) -> dict[str, Path]:
     """Keras graph via onnx2tf once, then one TFLite file per mode (and any ``extra`` ones) in ``work``."""
     import tensorflow as tf
 
-    keras_model, input_names, output_names = _onnx_to_keras(onnx_path, work)
+    keras_model, input_names, output_names = _onnx_to_keras(onnx_path, work, untie)
     spec = [tf.TensorSpec(t.shape, t.dtype, name=name) for t, name in zip(keras_model.inputs, input_names)]
 
     def serve(*xs: Any) -> dict[str, Any]:
@@ -265,20 +268,18 @@ def _no_sample_data_download(work: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[str]]:
+def _onnx_to_keras(onnx_path: Path, work: Path, untie: bool = True) -> tuple[Any, list[str], list[str]]:
     """onnx2tf's NHWC Keras model of a simplified copy of ``onnx_path`` (onnx2tf edits files in place).
 
     onnxsim runs through its Python API here: onnx2tf's own step shells out to an ``onnxsim``
     executable that is missing from PATH whenever the virtualenv is not activated.  Every variant is
-    built from the same graph, after ``compress.graph_rewrites.untie_shared_reduce_extrema`` (exact in
+    built from the same graph, after ``compress.export.graph_rewrites.untie_shared_reduce_extrema`` (exact in
     float: a channel max read from a shared tensor otherwise makes the INT8 quantizer clip that tensor
-    to the max's range; it cost LW-ISP 0.55 dB).
+    to the max's range; it cost LW-ISP 0.55 dB) unless ``untie`` is off.
     """
     import onnx
     import onnx2tf
     import onnxsim
-
-    from compress.graph_rewrites import untie_shared_reduce_extrema
 
     model = onnx.load(str(onnx_path))
     try:
@@ -286,7 +287,8 @@ def _onnx_to_keras(onnx_path: Path, work: Path) -> tuple[Any, list[str], list[st
         model = simplified if ok else model
     except Exception:  # simplification is an optimisation; onnx2tf copes with the original graph
         pass
-    untie_shared_reduce_extrema(model)  # exact; keeps the INT8 quantizer from clipping a shared tensor
+    if untie:
+        untie_shared_reduce_extrema(model)  # exact; keeps the INT8 quantizer from clipping a shared tensor
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     input_names = [i.name for i in inputs]
@@ -345,244 +347,3 @@ def _representative(frames: np.ndarray, batch: int) -> Any:
             idx = np.arange(start, start + batch) % len(frames)
             yield [frames[idx]]
     return generate
-
-
-def _rename_io(flatbuffer: bytes, input_names: Sequence[str], output_names: Sequence[str]) -> bytes:
-    """Give the TFLite I/O tensors the ONNX names (``raw``/``rgb``) instead of ``serving_default_raw:0``."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    graph = model.subgraphs[0]
-    for index, name in [*zip(graph.inputs, input_names), *zip(graph.outputs, output_names)]:
-        graph.tensors[index].name = name.encode()
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-# op -> (input, weight, bias) operand positions of the ops whose bias scale must be input x weight scale
-_BIASED_OPS = {"CONV_2D": (0, 1, 2), "DEPTHWISE_CONV_2D": (0, 1, 2), "FULLY_CONNECTED": (0, 1, 2),
-               "TRANSPOSE_CONV": (2, 1, 3)}
-_BIAS_DTYPES = {2: np.int32, 4: np.int64}  # schema TensorType INT32, INT64
-
-
-XNNPACK_MAX_REQUANT = 256.0  # XNNPACK rejects a quantized conv whose input x weight / output scale is not below this
-
-
-def widen_degenerate_scales(flatbuffer: bytes) -> bytes:
-    """Raise an output scale that is far finer than the accumulator that produces it.
-
-    A ReLU unit that never fires on the calibration frames (LW-ISP's channel-attention bottleneck at
-    width 0.25 has one hidden unit) is calibrated to the range [0, 0]; the quantizers then give it a
-    scale of ~1e-8 (int8, MLIR) or a denormal ~1e-43 (16x8).  The requantization multiplier
-    ``input_scale * weight_scale / output_scale`` of the op producing it is then ~1e4 (int8) to
-    ~1e36, which XNNPACK rejects: the interpreter aborts ("double free or corruption", ai-edge-litert
-    2.3) and TF's quantization debugger fails to prepare.  For such a tensor (multiplier at least
-    ``XNNPACK_MAX_REQUANT``, produced by a conv / fully connected op and read only as the data input
-    of such ops, or by a DEQUANTIZE in front of a layer selective precision keeps in float) the output
-    scale becomes ``input_scale * max(weight_scale)``, one accumulator step: zero (the only calibrated
-    value, zero point kept) stays exact, nothing finer than the accumulator is lost, and the range
-    only grows.  The readers' biases are re-scaled by ``requantize_biases``.
-    """
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    changed = False
-    for graph in model.subgraphs:
-        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
-        readers: dict[int, list[tuple[str, int]]] = {}
-        for name, op in zip(names, graph.operators):
-            for slot, index in enumerate(op.inputs):
-                readers.setdefault(int(index), []).append((name, slot))
-        outputs = {int(i) for i in graph.outputs}
-        for name, op in zip(names, graph.operators):
-            if name not in _BIASED_OPS or len(op.outputs) != 1:
-                continue
-            x, w = (int(op.inputs[i]) for i in _BIASED_OPS[name][:2])
-            out = int(op.outputs[0])
-            xq, wq, oq = (graph.tensors[t].quantization for t in (x, w, out))
-            if any(q is None or q.scale is None or len(q.scale) == 0 for q in (xq, wq, oq)) or len(oq.scale) != 1:
-                continue
-            step = float(xq.scale[0]) * float(np.max(wq.scale))
-            if not step > 0 or float(oq.scale[0]) * XNNPACK_MAX_REQUANT > step:
-                continue
-            if out in outputs or not all((r in _BIASED_OPS and slot == _BIASED_OPS[r][0]) or r == "DEQUANTIZE"
-                                         for r, slot in readers.get(out, [])):  # readers that take any scale
-                continue
-            oq.scale = np.asarray([step], dtype=np.float32)
-            changed = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
-
-
-XNNPACK_LRELU_ONE = 256  # XNNPACK's QS8 leaky ReLU multipliers are round(256 * ratio): 8 fractional bits
-_INT8 = 9  # schema TensorType INT8
-# ops whose kernels read an int8 input at its own scale (the data input of convs: their biases are then
-# re-scaled by requantize_biases); same-scale ops (max pool, concat, reshape) are not here
-_ANY_SCALE_READERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 2, "ADD": None,
-                      "SUB": None, "MUL": None, "MEAN": None, "LOGISTIC": None, "TANH": None, "DEQUANTIZE": None,
-                      "QUANTIZE": None}
-
-
-def snap_leaky_relu_scales(flatbuffer: bytes) -> bytes:
-    """Give each INT8 LEAKY_RELU an output scale at which XNNPACK's multipliers are exact.
-
-    XNNPACK computes an int8 leaky ReLU with the multipliers ``round(256 * s_in / s_out)`` and
-    ``round(256 * alpha * s_in / s_out)``: 8 fractional bits, so the slope of each branch is off by up
-    to 0.5 / 256 of ``s_in / s_out`` (a lone int8 leaky ReLU measured -0.21 steps off at the top of
-    its positive range, a ~0.1 % gain error; LW-ISP w0.25's 31 of them added up to a +2e-3 output
-    offset and 0.09 dB).  This raises ``s_out`` just enough (at most ~2 %, the range only grows) that
-    ``256 * s_in / s_out`` is a multiple of alpha's denominator (5 for 0.2), so both products are
-    integers and XNNPACK's arithmetic is exact.  TFLite's builtin kernels use 32-bit multipliers and
-    do not need it.  Only where every reader takes any input scale (``_ANY_SCALE_READERS``) and the
-    tensor is not a model output; the readers' biases are re-scaled by ``requantize_biases``.
-    """
-    from fractions import Fraction
-
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    changed = False
-    for graph in model.subgraphs:
-        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
-        readers: dict[int, list[tuple[str, int]]] = {}
-        for name, op in zip(names, graph.operators):
-            for slot, index in enumerate(op.inputs):
-                readers.setdefault(int(index), []).append((name, slot))
-        outputs = {int(i) for i in graph.outputs}
-        for name, op in zip(names, graph.operators):
-            if name != "LEAKY_RELU":
-                continue
-            x, out = int(op.inputs[0]), int(op.outputs[0])
-            xq, oq = graph.tensors[x].quantization, graph.tensors[out].quantization
-            if (graph.tensors[x].type != _INT8 or graph.tensors[out].type != _INT8 or out in outputs
-                    or any(q is None or q.scale is None or len(q.scale) != 1 for q in (xq, oq))):
-                continue
-            if not all(r in _ANY_SCALE_READERS and _ANY_SCALE_READERS[r] in (None, slot)
-                       for r, slot in readers.get(out, [])):
-                continue
-            step = Fraction(float(op.builtinOptions.alpha)).limit_denominator(64).denominator
-            ratio = XNNPACK_LRELU_ONE * float(xq.scale[0]) / float(oq.scale[0])
-            snapped = (ratio // step) * step
-            if snapped < step or snapped == ratio:
-                continue
-            oq.scale = np.asarray([XNNPACK_LRELU_ONE * float(xq.scale[0]) / snapped], dtype=np.float32)
-            changed = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
-
-
-def requantize_biases(flatbuffer: bytes) -> bytes:
-    """Give every quantized conv / fully connected op a bias quantized at its own input x weight scale.
-
-    TFLite's 16x8 quantizer (``calibrate_and_quantize``, TF 2.21) quantizes a bias tensor that two ops
-    share (one PyTorch module applied twice, e.g. LW-ISP's shared CCB sub-pixel conv) once, with the
-    *first* op's input scale, and the second op reads it as if at its own: its bias comes out scaled
-    by the ratio of the two input scales (a silent error of up to ~6x here).  The kernels add the raw
-    integer bias to the ``input_scale * weight_scale`` accumulator, so this rewrite gives each op
-    whose bias scale differs from that product its own correctly scaled copy (real value kept up to
-    the rounding of the old scale, which is finer than one accumulator step).  Models where every
-    bias already fits (the int8 MLIR quantizer duplicates shared biases itself) come back unchanged.
-    """
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    changed = False
-    for graph in model.subgraphs:
-        uses: dict[int, int] = {}
-        for op in graph.operators:
-            for index in op.inputs:
-                uses[int(index)] = uses.get(int(index), 0) + 1
-        for op in graph.operators:
-            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
-            if name not in _BIASED_OPS or len(op.inputs) <= _BIASED_OPS[name][2]:
-                continue
-            slots = _BIASED_OPS[name]
-            x, w, b = (int(op.inputs[i]) for i in slots)
-            if min(x, w, b) < 0:
-                continue
-            xq, wq, bias = graph.tensors[x].quantization, graph.tensors[w].quantization, graph.tensors[b]
-            dtype = _BIAS_DTYPES.get(bias.type)
-            if (dtype is None or bias.quantization is None or xq is None or wq is None or xq.scale is None
-                    or wq.scale is None or bias.quantization.scale is None or len(xq.scale) != 1):
-                continue
-            stored = np.asarray(bias.quantization.scale, dtype=np.float64)
-            wanted = float(xq.scale[0]) * np.asarray(wq.scale, dtype=np.float64)
-            data = model.buffers[bias.buffer].data
-            if data is None or len(stored) != len(wanted) or np.allclose(stored, wanted, rtol=1e-5, atol=0):
-                continue
-            values = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=dtype).astype(np.float64)
-            info = np.iinfo(dtype)
-            ints = np.clip(np.round(values * stored / wanted), info.min, info.max).astype(dtype)
-            quant = copy.deepcopy(bias.quantization)
-            quant.scale = wanted.astype(np.float32)
-            buffer = flatbuffer_utils.BufferT()  # a new buffer: the old one may back other tensors
-            buffer.data = np.frombuffer(ints.tobytes(), dtype=np.uint8)
-            model.buffers.append(buffer)
-            if uses.get(b, 0) > 1:  # shared tensor: this op gets its own
-                uses[b] -= 1
-                bias = copy.deepcopy(bias)
-                bias.name = (bias.name or b"bias") + f"_requantized{len(graph.tensors)}".encode()
-                graph.tensors.append(bias)
-                inputs = np.array(op.inputs, copy=True)  # the object API's arrays are read-only views
-                inputs[slots[2]] = len(graph.tensors) - 1
-                op.inputs = inputs
-            bias.buffer, bias.quantization = len(model.buffers) - 1, quant
-            changed = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
-
-
-def _op_codes(path: Path) -> list[tuple[str, bool]]:
-    """(name, is_builtin) per operator, in execution order, read from the flatbuffer (no interpreter:
-    a model with Flex ops cannot even be loaded without the TF Select delegate)."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    buf = Path(path).read_bytes()
-    model = schema.Model.GetRootAs(buf, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    ops = []
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        for o in range(graph.OperatorsLength()):
-            code = model.OperatorCodes(graph.Operators(o).OpcodeIndex())
-            builtin = flatbuffer_utils.get_builtin_code_from_operator_code(code)
-            if builtin == schema.BuiltinOperator.CUSTOM:
-                ops.append(((code.CustomCode() or b"CUSTOM").decode(), False))
-            else:
-                ops.append((names.get(builtin, f"BUILTIN_{builtin}"), True))
-    return ops
-
-
-def tflite_ops(path: Path) -> list[str]:
-    """Op names per operator in execution order (builtins as ``CONV_2D``; custom/Flex by custom code)."""
-    return [name for name, _ in _op_codes(path)]
-
-
-def assert_builtin_only(path: Path) -> None:
-    """Raise ``NonBuiltinOpError`` if ``path`` uses Flex or custom ops."""
-    others = sorted({name for name, builtin in _op_codes(path) if not builtin})
-    if others:
-        raise NonBuiltinOpError(f"{path} uses non-builtin ops {others}: stock TFLite runtimes and delegates "
-                                f"cannot run them")
-
-
-def tflite_io_details(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """JSON-ready ``{"inputs": [...], "outputs": [...]}``: name, shape, dtype, scale, zero_point.
-
-    ``scale``/``zero_point`` are None for float tensors: a quantized tensor means
-    ``real = scale * (q - zero_point)``.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-
-    def describe(detail: dict[str, Any]) -> dict[str, Any]:
-        scale, zero_point = detail["quantization"]
-        quantized = scale != 0.0
-        return {
-            "name": str(detail["name"]),
-            "shape": [int(d) for d in detail["shape"]],
-            "dtype": np.dtype(detail["dtype"]).name,
-            "scale": float(scale) if quantized else None,
-            "zero_point": int(zero_point) if quantized else None,
-        }
-
-    return {"inputs": [describe(d) for d in interpreter.get_input_details()],
-            "outputs": [describe(d) for d in interpreter.get_output_details()]}

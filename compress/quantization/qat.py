@@ -10,7 +10,7 @@ modules: no hand-written fake quantization.
 
 The fine-tuned weights are copied back into a copy of the original ``nn.Module`` (same class and
 structure), because a QDQ graph fed to onnx2tf becomes Flex ops: the QAT model is exported in float
-and quantized by TFLite's post-training INT8 (``compress.tflite``) on the same RAW calibration frames.
+and quantized by TFLite's post-training INT8 (``compress.export.tflite``) on the same RAW calibration frames.
 
 Schedule: observers are calibrated on the RAW calibration frames (one float pass: min/max, as
 TFLite's calibrator), then training runs with fake quant on and EMA activation observers; at the
@@ -28,8 +28,26 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torchao.quantization.pt2e import (
+    FakeQuantize,
+    FakeQuantizeBase,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    allow_exported_model_train_eval,
+    disable_observer,
+    enable_observer,
+)
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    Quantizer,
+    SharedQuantizationSpec,
+)
 
 from distill.distiller import Distiller
+from distill.metrics import psnr_db
 from distill.trainer import LogFn, TrainSpec, train
 
 if TYPE_CHECKING:
@@ -73,9 +91,6 @@ REQUANT_OPS = FUSED_ACT_OPS | _aten(
 
 
 def _act_spec() -> Any:
-    from torchao.quantization.pt2e import FakeQuantize, MovingAverageMinMaxObserver
-    from torchao.quantization.pt2e.quantizer import QuantizationSpec
-
     return QuantizationSpec(
         dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
         observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver,
@@ -83,9 +98,6 @@ def _act_spec() -> Any:
 
 
 def _weight_spec() -> Any:
-    from torchao.quantization.pt2e import FakeQuantize, MovingAveragePerChannelMinMaxObserver
-    from torchao.quantization.pt2e.quantizer import QuantizationSpec
-
     # averaging_constant 1: the range is the current weights' range, as TFLite computes it at conversion
     return QuantizationSpec(
         dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
@@ -94,44 +106,37 @@ def _weight_spec() -> Any:
 
 
 def _fixed_spec(scale: float, zero_point: int) -> Any:
-    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
-
     return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
                                         quant_max=127, qscheme=torch.per_tensor_affine)
 
 
-def _make_quantizer() -> Any:
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
+class TFLiteInt8Quantizer(Quantizer):
+    """Annotates an exported aten graph like TFLite's INT8 converter quantizes the same network."""
 
-    class TFLiteInt8Quantizer(Quantizer):
-        """Annotates an exported aten graph like TFLite's INT8 converter quantizes the same network."""
+    def annotate(self, model: GraphModule) -> GraphModule:
+        act, weight = _act_spec(), _weight_spec()
+        for node in model.graph.nodes:
+            if node.op != "call_function" or not _is_float_tensor(node) or _is_annotated(node):
+                continue
+            if node.target in CONV_OPS:
+                x, w = node.args[0], node.args[1]
+                end = _fused_end(node)
+                inputs = {x: _conv_input_spec(x, act, needs_entry=end is not node), w: weight}
+                if end is node:
+                    _annotate(node, inputs, act)
+                else:  # conv (+ BatchNorm) (+ ReLU): one TFLite op, quantized once at its end
+                    _annotate(node, inputs, None)
+                    _annotate(end, {}, act)
+            elif node.target in SIGMOID_OPS:
+                _annotate(node, {}, _fixed_spec(*SIGMOID_QPARAMS))
+            elif node.target in TANH_OPS:
+                _annotate(node, {}, _fixed_spec(*TANH_QPARAMS))
+            elif node.target in REQUANT_OPS:
+                _annotate(node, {}, act)
+        return model
 
-        def annotate(self, model: GraphModule) -> GraphModule:
-            act, weight = _act_spec(), _weight_spec()
-            for node in model.graph.nodes:
-                if node.op != "call_function" or not _is_float_tensor(node) or _is_annotated(node):
-                    continue
-                if node.target in CONV_OPS:
-                    x, w = node.args[0], node.args[1]
-                    end = _fused_end(node)
-                    inputs = {x: _conv_input_spec(x, act, needs_entry=end is not node), w: weight}
-                    if end is node:
-                        _annotate(node, inputs, act, QuantizationAnnotation)
-                    else:  # conv (+ BatchNorm) (+ ReLU): one TFLite op, quantized once at its end
-                        _annotate(node, inputs, None, QuantizationAnnotation)
-                        _annotate(end, {}, act, QuantizationAnnotation)
-                elif node.target in SIGMOID_OPS:
-                    _annotate(node, {}, _fixed_spec(*SIGMOID_QPARAMS), QuantizationAnnotation)
-                elif node.target in TANH_OPS:
-                    _annotate(node, {}, _fixed_spec(*TANH_QPARAMS), QuantizationAnnotation)
-                elif node.target in REQUANT_OPS:
-                    _annotate(node, {}, act, QuantizationAnnotation)
-            return model
-
-        def validate(self, model: GraphModule) -> None:
-            return None
-
-    return TFLiteInt8Quantizer()
+    def validate(self, model: GraphModule) -> None:
+        return None
 
 
 def _is_float_tensor(node: Any) -> bool:
@@ -175,8 +180,6 @@ def _conv_input_spec(x: Any, act: Any, needs_entry: bool) -> Any:
     """A conv's input: the producer's own int8 output where it has one (shared, not re-quantized,
     as TFLite feeds it), else a fresh activation range.  torchao's conv+BN QAT rewrite needs an entry
     for the input, so behind layout-only ops it gets a fresh (near-identity) range then."""
-    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
-
     annotation = getattr(x, "meta", {}).get("quantization_annotation")
     if annotation is not None and annotation.output_qspec is not None:
         return SharedQuantizationSpec(x)
@@ -185,10 +188,10 @@ def _conv_input_spec(x: Any, act: Any, needs_entry: bool) -> Any:
     return act
 
 
-def _annotate(node: Node, inputs: dict[Any, Any], output: Any, annotation_cls: type) -> None:
+def _annotate(node: Node, inputs: dict[Any, Any], output: Any) -> None:
     inputs = {n: spec for n, spec in inputs.items() if hasattr(n, "meta") and spec is not None}
-    node.meta["quantization_annotation"] = annotation_cls(input_qspec_map=inputs, output_qspec=output,
-                                                          _annotated=True)
+    node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=output,
+                                                                  _annotated=True)
 
 
 @dataclass
@@ -208,16 +211,13 @@ class QATResult:
 
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> GraphModule:
     """torchao PT2E QAT graph of ``model`` (deep-copied) with TFLite-like fake quantization inserted."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
     float_copy = copy.deepcopy(model).train()
     if example.ndim != 4:
         raise ValueError(f"the QAT example input must be NCHW; got shape {tuple(example.shape)}")
     example = example[:1].expand(2, -1, -1, -1).contiguous()  # batch 1 would be specialised to 1
     dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
     exported = torch.export.export(float_copy, (example,), dynamic_shapes=(dims,), strict=False).module()
-    prepared = prepare_qat_pt2e(exported, _make_quantizer())
+    prepared = prepare_qat_pt2e(exported, TFLiteInt8Quantizer())
     allow_exported_model_train_eval(prepared)
     return prepared
 
@@ -229,8 +229,6 @@ def calibrate(prepared: GraphModule, frames: torch.Tensor) -> None:
     only) observation sets min/max outright; weight observers see the current weights.  Leaves the
     graph in eval mode with fake quant on and observers as they were before the call.
     """
-    from torchao.quantization.pt2e import FakeQuantizeBase
-
     prepared.eval()
     fake_quants = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
     observing = [bool(m.observer_enabled[0]) for m in fake_quants]
@@ -254,8 +252,6 @@ def _is_activation(module: Any) -> bool:
 
 def freeze_activation_ranges(prepared: GraphModule) -> int:
     """Stop every per-tensor (activation) observer; weight observers keep following the weights."""
-    from torchao.quantization.pt2e import FakeQuantizeBase
-
     frozen = 0
     for module in prepared.modules():
         if isinstance(module, FakeQuantizeBase) and _is_activation(module):
@@ -276,15 +272,8 @@ def copy_weights_back(prepared: GraphModule, model: nn.Module) -> nn.Module:
     return result.eval()
 
 
-def _psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
 def fake_quant_output(prepared: GraphModule, x: torch.Tensor) -> torch.Tensor:
     """The QAT graph's output in eval mode (fake quant on, observers untouched)."""
-    from torchao.quantization.pt2e import disable_observer
-
     prepared.eval()
     prepared.apply(disable_observer)
     with torch.no_grad():
@@ -315,8 +304,6 @@ def qat_finetune(
     ``distill.trainer.train`` on the fake-quant graph, so QAT runs under torchrun (DDP) and resumes
     from ``checkpoint_path`` like any training stage.
     """
-    from torchao.quantization.pt2e import enable_observer
-
     if calibration.ndim != 4 or len(calibration) == 0:
         raise ValueError(f"calibration must be a non-empty NCHW batch of RAW frames; got {tuple(calibration.shape)}")
     if not 0.0 <= freeze_fraction <= 1.0:
@@ -329,7 +316,7 @@ def qat_finetune(
     calibrate(prepared, calibration)
     with torch.no_grad():
         reference = model.eval()(calibration)
-    start_psnr = _psnr_db(fake_quant_output(prepared, calibration), reference)
+    start_psnr = psnr_db(fake_quant_output(prepared, calibration), reference)
     prepared.apply(enable_observer)  # EMA observers follow the activations until the freeze step
 
     kd = None
@@ -353,6 +340,6 @@ def qat_finetune(
     result.model = copy_weights_back(prepared, model)
     with torch.no_grad():
         tuned_float = result.model(calibration)
-    result.fake_quant_psnr_end = _psnr_db(fake_quant_output(prepared, calibration), tuned_float)
+    result.fake_quant_psnr_end = psnr_db(fake_quant_output(prepared, calibration), tuned_float)
     result.prepared = prepared
     return result

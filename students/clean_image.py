@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from students.lwisp import LWISP
+from students.smallnet import Smallnet
 from teachers.registry import TEACHERS, ModelInfo
 
 
 @TEACHERS.register("smallnet_clean", ModelInfo(tiny_config={"width": 8}, in_channels=3, upscale=1))
 def smallnet_clean(width: int = 16, batch_norm: bool = False) -> nn.Module:
     """Smallnet's three convs on 3-channel RGB, no pixel shuffle: (N, 3, H, W) -> (N, 3, H, W)."""
-    from students.smallnet import Smallnet  # imported here: students' registry imports teachers.registry
-
     return Smallnet(width=width, in_channels=3, out_channels=3, scale=1, batch_norm=batch_norm)
 
 
@@ -29,6 +29,4 @@ def lwisp_clean(width: float = 1.0, fgam: bool = True) -> nn.Module:
     The paper's clean-image teacher for LW-ISP (Sec. 3.5): its ``up1``..``up3`` features line up with
     the student's for the heterogeneous distillation loss.
     """
-    from students.lwisp import LWISP  # imported here: students' registry imports teachers.registry
-
     return LWISP(width=width, fgam=fgam, in_channels=3, scale=1)

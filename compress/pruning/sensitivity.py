@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.profile import count_macs
-from compress.prune import GradFn, PruneTarget, _prune_once, prunable_layers
+from compress.pruning.prune import GradFn, PruneTarget, _prune_once, prunable_layers
+from compress.runtime.profile import count_macs
 
 ScoreFn = Callable[[nn.Module], float]
 

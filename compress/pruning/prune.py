@@ -1,7 +1,7 @@
 """Structured channel pruning with torch-pruning's dependency graph.
 
 Concats, residual adds and norms are followed by the graph; PixelShuffle chains and channel-coupled
-blocks (attention) have their own rules (``compress.prune_rules``).  Layers whose output channels are
+blocks (attention) have their own rules (``compress.pruning.rules``).  Layers whose output channels are
 fixed by the model's contract (the RGB head) are listed in the model's ``prune_ignore``; without one,
 the last conv is.
 
@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from compress.checkpoint import channel_plan
-from compress.profile import count_macs, count_params
-from compress.prune_rules import CUSTOMIZED_PRUNERS, ShuffleChainStandIn, prunable_view
+from compress.pruning.rules import CUSTOMIZED_PRUNERS, ShuffleChainStandIn, dependency_graph, prunable_view
+from compress.runtime.profile import count_macs, count_params
 
 Importance = Literal["magnitude", "bn_scale", "taylor"]
 GradFn = Callable[[nn.Module], None]
@@ -51,7 +51,7 @@ class PruneTarget(BaseModel):
     round_to: int | None = Field(None, ge=1, description="keep widths a multiple of this")
 
     @model_validator(mode="after")
-    def _one_target(self) -> "PruneTarget":
+    def _one_target(self) -> PruneTarget:
         given = [k for k in ("ratio", "macs_reduction", "params_reduction") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of ratio, macs_reduction, params_reduction; got {', '.join(given)}")
@@ -200,8 +200,6 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, target: PruneTarg
 
 def prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Module paths of the layers that root a pruning group (what a per-layer ratio can name)."""
-    from compress.prune_rules import dependency_graph
-
     model.eval()
     with prunable_view(model, example_input):
         names = {id(m): n for n, m in model.named_modules()}

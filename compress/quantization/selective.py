@@ -15,7 +15,7 @@ than give up INT8 for the whole model, we measure every layer and keep just the 
    on the runtime the model ships on.  That measured drop, not the debugger's SQNR, ranks the layers:
    the debugger runs TFLite's builtin kernels, whose INT8 arithmetic differs from XNNPACK's (their
    LEAKY_RELU floors negatives), and a layer's local error says little about how it grows through
-   the rest of the net.  On LW-ISP (width 0.25, before ``compress.tflite.snap_leaky_relu_scales``)
+   the rest of the net.  On LW-ISP (width 0.25, before ``compress.export.tflite_patches.snap_leaky_relu_scales``)
    the SQNR order kept four layers in float and still missed 0.1 dB on XNNPACK; the measured order
    reached it with two.  A candidate whose re-quantized
    model comes out byte-identical or fails to quantize (the quantizer cannot keep that op in float)
@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.tflite import ConverterFactory, assert_builtin_only
+from compress.export.tflite import ConverterFactory
+from compress.export.tflite_inspect import assert_builtin_only
 
 EXACT_SQNR_DB = 80.0
 DropFn = Callable[[Path, Path], float]
@@ -94,7 +95,7 @@ def _debugger_without_xnnpack() -> Iterator[None]:
     """Make TF's quantization debugger run its models on TFLite's builtin kernels, not XNNPACK.
 
     The debugger's instrumented model is quantized from the raw calibration ranges, so a unit that
-    never fires on the calibration frames keeps a ~1e-8 output scale there (``compress.tflite``
+    never fires on the calibration frames keeps a ~1e-8 output scale there (``compress.export.tflite_patches``
     repairs that only in the files it writes); XNNPACK rejects such a conv and the debugger fails
     with "failed to create XNNPACK runtime".  The builtin kernels run any scale and compute the same
     per-layer errors, so the debugger module's interpreter class is swapped for one that skips the

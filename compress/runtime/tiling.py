@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.runtime.parity import run_tflite
+
 RunBatch = Callable[[np.ndarray], np.ndarray]  # (N, 4, h, w) float32 -> (N, 3, s*h, s*w) float32
 DEFAULT_BLEND = 8  # packed pixels of cross-fade between neighbouring tiles
 TFLITE_TILES_PER_CALL = 16  # tiles per run_tflite call: amortises building the interpreter
@@ -219,8 +221,6 @@ class TFLiteModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Any number of tiles; the last group is filled up to the model's fixed batch and trimmed."""
-        from compress.parity import run_tflite
-
         n = len(x)
         fill = (-n) % self.batch
         if fill:

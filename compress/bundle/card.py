@@ -1,19 +1,15 @@
-"""Model-card sections about quantization, quality and input size, built from the export stage's results.
+"""Model-card sections about quantization, input size and calibration, from plain values.
 
-``recipes.stages.handoff_stage`` assembles the card; these functions turn the logged metrics and the
-recipe into the parts an app team needs to feed the model and to judge the shipped variant against
-the others that were built.
+The hand-off stage (``recipes.stages.handoff``) assembles the card from the run's results; these
+functions write the parts an app team needs to feed the model and to know what precision it runs at.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from recipes.quant_gate import describe_variant
-from recipes.schema import Recipe
+from compress.runtime.tiling import DEFAULT_BLEND, UnboundedReceptiveFieldError, receptive_field_margin
 
 PRECISION = {
     "fp32": "all float32",
@@ -23,34 +19,25 @@ PRECISION = {
 }
 
 
-def quality_table(metrics: dict[str, float], variants: list[str], threads: int) -> dict[str, dict[str, float]]:
-    """Per built variant: PSNR/SSIM vs ground truth, parity vs PyTorch, drop vs fp32, size, latency."""
-    table = {}
-    for v in variants:
-        fmt = f"tflite_{v}"
-        table[fmt] = {
-            "psnr": metrics[f"psnr_{fmt}"], "ssim": metrics[f"ssim_{fmt}"],
-            "parity_psnr_db": metrics[f"parity_psnr_db_{fmt}"],
-            "psnr_drop_db": metrics.get(f"psnr_drop_db_{fmt}", 0.0),
-            "size_kb": metrics[f"size_kb_{fmt}"], "latency_ms": metrics[f"latency_ms_{fmt}_{threads}t"],
-            "rmse_rgb": [metrics[f"rmse_{fmt}_{c}"] for c in "rgb"],
-        }
-    return table
+QUANT_DESCRIPTIONS = {
+    "fp32": "fp32: float32 weights and activations (no quantization)",
+    "float16": "float16: float16 weights (dequantized to float32 at load), float32 activations",
+    "dynamic": "dynamic range: int8 weights (per-channel), float activations quantized on the fly inside "
+               "each op; weight tensors under 1024 elements stay float32",
+    "int16x8": "int16x8: int8 weights (per-channel), int16 activations (per-tensor); ops without a 16x8 "
+               "kernel run in float between QUANTIZE/DEQUANTIZE; float input/output",
+    "int8": "int8: per-channel int8 weights, per-tensor int8 activations",
+}
 
 
-def shipped_latency(metrics: dict[str, float], variant: str) -> dict[str, float]:
-    """``{"1": ms, "2": ms, ...}``: the shipped model's median latency per thread count measured."""
-    prefix = f"latency_ms_tflite_{variant}_"
-    found = {k[len(prefix) : -1]: v for k, v in metrics.items() if k.startswith(prefix) and k.endswith("t")}
-    return dict(sorted(found.items(), key=lambda kv: int(kv[0])))
-
-
-def float_layers(export_outputs: dict[str, str], variant: str) -> list[str]:
-    """The layers selective precision kept in float (only the int8 variant has any)."""
-    path = export_outputs.get("selective")
-    if variant != "int8" or not path:
-        return []
-    return list(json.loads(Path(path).read_text())["float_layers"])
+def describe_variant(variant: str, int8_io: bool, float_layers: list[str] | None = None) -> str:
+    """One line an app team can read: what is quantized and what the I/O dtype is."""
+    text = QUANT_DESCRIPTIONS[variant]
+    if variant == "int8":
+        text += ", int8 input/output" if int8_io else ", float input/output"
+        if float_layers:
+            text += f"; {len(float_layers)} layer(s) kept in float (selective precision)"
+    return text
 
 
 def precision_section(variant: str, int8_io: bool, layers: list[str]) -> dict[str, Any]:
@@ -66,8 +53,6 @@ def precision_section(variant: str, int8_io: bool, layers: list[str]) -> dict[st
 def input_size_section(model: nn.Module, input_hw: tuple[int, int]) -> dict[str, Any]:
     """The fixed input size and how to cover larger images: tiles of that size, overlapping by the
     receptive-field margin (measured on the PyTorch model), so tiled output equals untiled output."""
-    from compress.tiling import DEFAULT_BLEND, UnboundedReceptiveFieldError, receptive_field_margin
-
     h, w = input_hw
     probe = max(64, min(h, w) // 32 * 32)  # a multiple of 32: every model in the zoo accepts it
     try:
@@ -95,9 +80,10 @@ def input_size_section(model: nn.Module, input_hw: tuple[int, int]) -> dict[str,
     return section
 
 
-def calibration_section(recipe: Recipe, frames: int) -> dict[str, Any]:
-    train_split, _ = recipe.data.splits()
-    h, w = recipe.export.input_size
-    return {"frames": frames, "selection": recipe.quantize.calibration_selection,
-            "source": f"RAW crops of {h}x{w} packed pixels from the training split {train_split!r} of the "
-                      f"{recipe.data.kind} data (never the held-out images)"}
+def calibration_section(frames: int, selection: str, input_hw: tuple[int, int], split: str,
+                        data_kind: str) -> dict[str, Any]:
+    """Where the INT8 ranges came from: how many RAW crops, of what size, from which split."""
+    h, w = input_hw
+    return {"frames": frames, "selection": selection,
+            "source": f"RAW crops of {h}x{w} packed pixels from the training split {split!r} of the "
+                      f"{data_kind} data (never the held-out images)"}

@@ -80,6 +80,32 @@ def _after_bn(kernel: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm2d) -> t
     return kernel * scale.reshape(-1, 1, 1, 1), bias * scale + shift
 
 
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new conv equal to ``bn(conv(x))`` with BN running statistics (eval mode)."""
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    weight, fused_bias = _after_bn(conv.weight, bias, bn)
+    fused.weight.copy_(weight)
+    fused.bias.copy_(fused_bias)
+    return fused
+
+
+def fold_conv_bn_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.Module]:
+    """``(fused conv, what replaces the BN)``: Identity, or the activation a norm+act module carries.
+
+    timm's ``BatchNormAct2d`` subclasses ``BatchNorm2d`` but also applies ``drop`` and ``act``; swapping
+    it for ``Identity`` would silently drop the activation, so those are kept.
+    """
+    extras = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+              if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    replacement = extras[0] if len(extras) == 1 else nn.Sequential(*extras) if extras else nn.Identity()
+    return fuse_conv_bn(conv, bn), replacement
+
+
 def _embed(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad an ``s x s`` kernel into the ``size x size`` frame where "same" padding puts it."""
     s = kernel.shape[-1]

@@ -8,7 +8,7 @@ within ``max_drop_db`` of the float model, or keeps the best trial when none is.
 
 The converted graph runs in eager PyTorch through reference Q/DQ ops (correct, slow); the x86
 speed-up comes from ``torch.compile`` (inductor lowers Q/DQ + conv to oneDNN int8 kernels), so
-:func:`compress.latency.torch_latency_ms` times both.  Calibration is on packed RAW frames only.
+:func:`compress.runtime.latency.torch_latency_ms` times both.  Calibration is on packed RAW frames only.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from distill.metrics import psnr_db
 
 Pairs = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,14 +45,15 @@ class INCResult:
 
 @torch.no_grad()
 def held_out_psnr(model: nn.Module, pairs: Pairs) -> float:
-    """Mean per-image PSNR (dB) of ``model`` on ``(raw (4,h,w), rgb (3,2h,2w))`` pairs, output clamped to [0, 1]."""
+    """Mean per-image PSNR (dB, ``distill.metrics.psnr_db``: capped, so a lossless model scores the cap)
+    of ``model`` on ``(raw (4,h,w), rgb (3,2h,2w))`` pairs, output clamped to [0, 1].
+
+    Not ``distill.evaluation.evaluate``: INC's exported Q/DQ graph refuses ``eval()``, and INC's
+    relative budget needs a finite score for a lossless trial.
+    """
     if not pairs:
         raise ValueError("PSNR needs at least one held-out (raw, rgb) pair")
-    scores = []
-    for raw, rgb in pairs:
-        out = model(raw.unsqueeze(0).float()).clamp(0, 1)
-        mse = float(((out - rgb.unsqueeze(0)) ** 2).mean())
-        scores.append(100.0 if mse == 0 else 10.0 * np.log10(1.0 / mse))
+    scores = [psnr_db(model(raw.unsqueeze(0).float()).clamp(0, 1), rgb.unsqueeze(0)) for raw, rgb in pairs]
     return float(np.mean(scores))
 
 

@@ -1,0 +1,1 @@
+"""Structured pruning: torch-pruning with the PixelShuffle rule, budgets, iterative rounds, sensitivity."""

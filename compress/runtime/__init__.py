@@ -1,0 +1,1 @@
+"""Exported models at run time: run (parity), time (latency), size (profile), tile, and XNNPACK reports."""

@@ -1,0 +1,199 @@
+"""Export stage: ONNX + every TFLite variant, each scored and gated (``recipes.quant_gate``).
+
+fp32 is always built (the reference for every PSNR drop); ``quantize.mode`` is the variant the bundle
+ships and ``quantize.variants`` are built alongside.  With ``quantize.selective`` the int8 variant
+comes from the selective-precision search (``compress.quantization.selective``); with
+``quantize.x86`` the ONNX Runtime / Neural Compressor variants are scored too (``export_x86``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from compress.checkpoint import load_model
+from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import convert_onnx_to_tflite
+from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
+from compress.fold import fold_model
+from compress.quantization.selective import SelectivePrecision, selective_markdown
+from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
+from compress.runtime.parity import run_onnx
+from compress.runtime.profile import count_macs, count_params, size_kb
+from distill.metrics import psnr, psnr_db, ssim
+from recipes.context import RunContext, StageError
+from recipes.metric_keys import drop_key, latency_key, parity_key, psnr_key, size_key, ssim_key, tflite_format
+from recipes.quant_gate import gate_failures, score_tflite, tflite_psnr
+from recipes.results import ExportResult, QuantizeResult
+from recipes.stages.common import input_shape
+from recipes.stages.export_x86 import x86_variants
+
+
+@dataclass
+class HeldOut:
+    """The held-out crops every variant is scored on, and the PyTorch model's output on them."""
+
+    raws: np.ndarray
+    target: torch.Tensor
+    reference: np.ndarray
+
+
+def held_out(ctx: RunContext, model: nn.Module) -> HeldOut:
+    raws, rgbs = ctx.eval_crops()
+    with torch.no_grad():
+        reference = model(torch.from_numpy(raws)).numpy()
+    return HeldOut(raws, torch.from_numpy(rgbs), reference)
+
+
+def _xnnpack_int8_source(onnx_path: Path, folder: Path) -> tuple[Path, dict[str, int]]:
+    """The ONNX file the int8 variant converts from: a copy with the ops XNNPACK leaves out of INT8
+    rewritten exactly (``compress.export.graph_rewrites``), or ``onnx_path`` itself when nothing needs it
+    (then one onnx2tf run builds every variant).  fp32 and the other variants keep the original graph:
+    the rewrite costs them 10-20 % in float."""
+    copy_path = folder / f"{onnx_path.stem}_xnnpack_int8.onnx"
+    shutil.copyfile(onnx_path, copy_path)
+    counts = rewrite_for_xnnpack_int8(copy_path)
+    if not counts:
+        copy_path.unlink()
+        return onnx_path, {}
+    return copy_path, counts
+
+
+def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, calibration: np.ndarray,
+             bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int]]:
+    """Every TFLite variant from one onnx2tf run (two when the int8 variant needs the XNNPACK rewrite)."""
+    qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
+    variants = qcfg.built_variants()
+    selective = None
+    modes = [v for v in variants if v != "fp32"]
+    if qcfg.selective is not None:
+        def drop(candidate: Path, fp32: Path) -> float:
+            return tflite_psnr(fp32, data.raws, data.target, threads) - tflite_psnr(candidate, data.raws,
+                                                                                     data.target, threads)
+
+        selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop,
+                                       probe=qcfg.selective.probe)
+        modes.remove("int8")
+    int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
+    separate_int8 = "int8" in variants and int8_source != onnx_path
+    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+                                    modes=[m for m in modes if not (separate_int8 and m == "int8")],
+                                    extra=None if separate_int8 else selective)
+    if separate_int8:  # a second onnx2tf run on the rewritten graph, for the int8 variant alone
+        bar.set_postfix_str(f"onnx2tf -> TFLite int8 (XNNPACK rewrite: {rewrites})")
+        built = convert_onnx_to_tflite(int8_source, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+                                       modes=[] if selective else ["int8"], extra=selective)
+        built.pop("fp32").unlink()
+        tflite["int8"] = built["int8"]
+    tflite = {v: tflite[v] for v in variants}
+    for path in tflite.values():
+        assert_builtin_only(path)
+    return tflite, selective, rewrites
+
+
+def _score(ctx: RunContext, onnx_path: Path, tflite: dict[str, Path], data: HeldOut,
+           bar: tqdm) -> dict[str, float]:
+    """Parity, quality, size and latency of the ONNX model and every TFLite variant."""
+    qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
+    metrics: dict[str, float] = {}
+    bar.set_postfix_str("parity + latency onnx")
+    out = run_onnx(onnx_path, data.raws)
+    pred = torch.from_numpy(np.clip(out, 0, 1))
+    metrics.update({parity_key("onnx"): psnr_db(out, data.reference), psnr_key("onnx"): psnr(pred, data.target),
+                    ssim_key("onnx"): ssim(pred, data.target), size_key("onnx"): size_kb(onnx_path)})
+    metrics[latency_key("onnx", threads)] = onnx_latency_ms(onnx_path, num_threads=threads)["median_ms"]
+    bar.update()
+    for variant, path in tflite.items():
+        fmt = tflite_format(variant)
+        bar.set_postfix_str(f"parity + latency {fmt}")
+        metrics.update(score_tflite(path, fmt, data.raws, data.reference, data.target, threads))
+        for n in sorted({threads, 1, 2}) if variant == qcfg.mode else [threads]:
+            metrics[latency_key(fmt, n)] = tflite_latency_ms(path, num_threads=n)["median_ms"]
+        bar.update()
+    fp32 = psnr_key(tflite_format("fp32"))
+    for variant in tflite:
+        if variant != "fp32":
+            metrics[drop_key(tflite_format(variant))] = metrics[fp32] - metrics[psnr_key(tflite_format(variant))]
+    metrics["psnr_pytorch"] = psnr(torch.from_numpy(np.clip(data.reference, 0, 1)), data.target)
+    return metrics
+
+
+def _check_gates(ctx: RunContext, metrics: dict[str, float], selective: SelectivePrecision | None) -> None:
+    """Parity of the float exports, the selective-precision budget and every variant's quality gate."""
+    cfg, qcfg = ctx.recipe.export, ctx.recipe.quantize
+    for fmt in ("onnx", tflite_format("fp32")):
+        if metrics[parity_key(fmt)] < cfg.parity_min_db:
+            raise StageError(f"export: {fmt} parity {metrics[parity_key(fmt)]:.1f} dB is below the "
+                             f"{cfg.parity_min_db:.0f} dB gate; no bundle is written")
+    if selective is not None and selective.result is not None and not selective.result.reached:
+        r = selective.result
+        assert qcfg.selective is not None
+        raise StageError(f"export: selective precision: int8 PSNR drop {r.drop_db:.3f} dB with "
+                         f"{len(r.float_layers)} float layer(s) still exceeds quantize.selective.max_drop_db "
+                         f"{r.max_drop_db:g} dB (limit quantize.selective.max_float_layers "
+                         f"{qcfg.selective.max_float_layers}); no bundle is written")
+    failures = gate_failures(metrics, qcfg, cfg.parity_min_db)
+    if failures:
+        raise StageError(f"export: {'; '.join(failures)}; no bundle is written")
+
+
+def _log_selective(ctx: RunContext, folder: Path, selective: SelectivePrecision) -> tuple[Path, dict[str, float]]:
+    assert selective.result is not None
+    result = selective.result
+    path = folder / "selective.json"
+    path.write_text(json.dumps(result.to_json(), indent=2))
+    (folder / "selective.md").write_text(selective_markdown(result))
+    for name in ("selective.json", "selective.md"):
+        ctx.tracker.log_artifact(folder / name, artifact_path="selective")
+    return path, {"selective_float_layers": float(len(result.float_layers)),
+                  "selective_int8_drop_db_before": result.int8_drop_db}
+
+
+def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], ExportResult]:
+    qcfg = ctx.recipe.quantize
+    variants = qcfg.built_variants()
+    model, spec = load_model(ctx.model_dir())
+    if not spec.folded:  # fold: disabled still ships single convs: folding is exact, branches only cost time
+        model, _ = fold_model(model)
+    data = held_out(ctx, model)
+    bar = tqdm(total=3 + len(variants), desc="export", leave=False, dynamic_ncols=True)
+    bar.set_postfix_str("ONNX")
+    onnx_path = export_onnx(model, folder / "model.onnx", input_shape(ctx.recipe))
+    bar.update()
+    bar.set_postfix_str(f"onnx2tf -> TFLite {' + '.join(variants)}")
+    calibration = np.load(ctx.result("quantize", QuantizeResult).calibration)
+    tflite, selective, rewrites = _convert(ctx, onnx_path, folder, data, calibration, bar)
+    bar.update()
+    metrics = _score(ctx, onnx_path, tflite, data, bar)
+    metrics.update({f"xnnpack_rewrites_{op.lower()}": float(n) for op, n in rewrites.items()})
+    x86: dict[str, Path] = {}
+    if qcfg.x86:
+        bar.set_postfix_str(f"x86: {', '.join(qcfg.x86)}")
+        x86_metrics, x86 = x86_variants(ctx, model, onnx_path, folder, calibration, data.raws, data.reference,
+                                        data.target, metrics)
+        metrics.update(x86_metrics)
+    bar.close()
+    shipped = tflite_format(qcfg.mode)
+    metrics["params"] = count_params(model)
+    metrics["macs"] = count_macs(model, input_shape(ctx.recipe))
+    metrics["size_kb"] = metrics[size_key(shipped)]
+    metrics["psnr"], metrics["ssim"] = metrics[psnr_key(shipped)], metrics[ssim_key(shipped)]
+    selective_path = None
+    if selective is not None:
+        selective_path, selective_metrics = _log_selective(ctx, folder, selective)
+        metrics.update(selective_metrics)
+    ctx.tracker.log_metrics(metrics)
+    _check_gates(ctx, metrics, selective)
+    io_details = folder / "io_details.json"
+    io_details.write_text(json.dumps({tflite_format(v): tflite_io_details(p) for v, p in tflite.items()}, indent=2))
+    for path in (onnx_path, *tflite.values(), *x86.values(), io_details):
+        ctx.tracker.log_artifact(path, artifact_path="exported")
+    return metrics, ExportResult(onnx=onnx_path, tflite=tflite, shipped_variant=qcfg.mode, io_details=io_details,
+                                 x86=x86, selective=selective_path)
