@@ -150,6 +150,7 @@ with warnings.catch_warnings():  # the recipe key is ``register``; pydantic warn
         register: RegisterSpec | None = Field(None, description="register the bundle in the MLflow model registry")
 
 __all__ = [
-    "SensitivitySpec", "PruneStage", "FoldStage", "QuantGateSpec", "SelectiveSpec", "QATSpec",
-    "QuantizeStage", "ExportStage", "RegisterSpec", "HandoffStage", "TFLiteVariant", "GateVariant",
+    "SensitivitySpec", "PruneStage", "FoldStage", "TFLiteVariant", "X86Variant", "GateVariant",
+    "DEFAULT_MAX_DROP_DB", "DEFAULT_MIN_PARITY_DB", "QuantGateSpec", "SelectiveSpec", "QATSpec",
+    "QuantizeStage", "ExportStage", "RegisterSpec", "HandoffStage",
 ]

@@ -196,6 +196,6 @@ class StudentStage(ModelBlock):
     distill: DistillSpec = Field(default_factory=DistillSpec)
 
 __all__ = [
-    "DataSpec", "ModelBlock", "LevelSpec", "TeacherStage", "FeaturePairSpec", "FeatureKDSpec", "DistillSpec",
-    "StudentStage", "DEFAULT_SPLITS", "LossName",
+    "DEFAULT_SPLITS", "DataSpec", "ModelBlock", "LevelSpec", "TeacherStage", "LossName", "FeaturePairSpec",
+    "FeatureKDSpec", "DistillSpec", "StudentStage",
 ]
