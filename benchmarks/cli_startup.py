@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.report import ROOT, machine, publish
 
@@ -53,7 +54,7 @@ def run_once(args: list[str], source: Path) -> tuple[float, dict[str, object]]:
     return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(repeats: int, baseline: Path | None) -> list[dict[str, object]]:
+def measure(repeats: int, baseline: Path | None) -> list[dict[str, Any]]:
     rows = []
     for args in COMMANDS.values():
         times: dict[str, list[float]] = {"this": [], "baseline": []}
@@ -65,8 +66,8 @@ def measure(repeats: int, baseline: Path | None) -> list[dict[str, object]]:
                 seconds, probe = run_once(args, source)
                 times[label].append(seconds)
                 heavy[label] = probe["heavy"]
-        row: dict[str, object] = {"command": f"ispdc {' '.join(args)}",
-                                  "median_s": statistics.median(times["this"]), "heavy_modules": heavy["this"]}
+        row: dict[str, Any] = {"command": f"ispdc {' '.join(args)}",
+                               "median_s": statistics.median(times["this"]), "heavy_modules": heavy["this"]}
         if baseline is not None:
             row.update(baseline_median_s=statistics.median(times["baseline"]),
                        baseline_heavy_modules=heavy["baseline"],
@@ -90,7 +91,8 @@ def main() -> None:
         heavy = ", ".join(row["heavy_modules"]) or "-"
         before = ", ".join(row.get("baseline_heavy_modules", [])) or "-"
         table.append(f"| `{row['command']}` | {row['median_s']:.2f} | {heavy} | "
-                     f"{row.get('baseline_median_s', float('nan')):.2f} | {before} | {row.get('ratio', float('nan')):.3f} |")
+                     f"{row.get('baseline_median_s', float('nan')):.2f} | {before} | "
+                     f"{row.get('ratio', float('nan')):.3f} |")
     intro = (f"`python -m benchmarks.cli_startup --baseline DIR` on {machine()}: median of {args.repeats} fresh "
              "processes per command, interleaved with the same command from the baseline checkout "
              f"(`{args.baseline}`); 'heavy modules' are those in `sys.modules` when the command returns.")

@@ -67,11 +67,13 @@ def _groups(scale: float) -> dict[str, Group]:
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
     levels = "[" + ",".join(f"{{level: {k}, train: {{steps: {steps(80)}, lr: 1.0e-3, batch_size: 4, "
                             f"losses: {{mse: 1.0}}}}}}" for k in range(5, 0, -1))
-    levels += f",{{level: 0, train: {{steps: {steps(200)}, lr: 5.0e-4, batch_size: 4, losses: {{mse: 1.0, ms_ssim: 0.4}}}}}}]"
+    levels += (f",{{level: 0, train: {{steps: {steps(200)}, lr: 5.0e-4, batch_size: 4, "
+               f"losses: {{mse: 1.0, ms_ssim: 0.4}}}}}}]")
     feature = [("act2", "conv_l1_d14", "mse")]
     return {
         "smallnet": Group(
-            "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}},
+            "smallnet", {"width": 16},
+            {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}},
             {"punet": ("quickstart", [f"teacher.train.steps={steps(1500)}"]),
              "pynet": ("smallnet_from_pynet", [f"teacher.levels={levels}"])},
             [Variant("baseline"),
@@ -121,7 +123,7 @@ def run_group(group: Group, seeds: list[int], work: Path, teacher_log: list[dict
         teacher_log.append(summary)
     train_pairs, held_out = load_embedded("train", seed=0), held_out_pairs(load_embedded("eval", seed=0))
     spec = TrainSpec(**group.train, log_every=10_000)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in group.variants:
         scores = []
         for seed in seeds:
@@ -132,6 +134,7 @@ def run_group(group: Group, seeds: list[int], work: Path, teacher_log: list[dict
                 options = dict(variant.kd)
                 if options.get("pairs") is not None:
                     options["pairs"] = [FeaturePair(*p) for p in options["pairs"]]
+                assert variant.teacher is not None  # every KD variant above names its teacher
                 kd = Distiller(teachers[variant.teacher], **options)
             data = PairedPatchDataset(train_pairs, patch_size=64, patches_per_image=32, seed=seed)
             start = time.perf_counter()
@@ -161,7 +164,8 @@ def publish_result(result: dict[str, Any]) -> None:
     rows += ["", *table(["student", "variant", "teacher", "steps", "PSNR dB (mean +- std)", "SSIM",
                          "gain dB vs baseline (paired)"],
                         ([f"{r['student']} {r['config']}", r["variant"], r["teacher"] or "-", r["steps"],
-                          f"{r['psnr_mean']:.2f} +- {r['psnr_std']:.2f}", f"{r['ssim_mean']:.4f} +- {r['ssim_std']:.4f}",
+                          f"{r['psnr_mean']:.2f} +- {r['psnr_std']:.2f}",
+                          f"{r['ssim_mean']:.4f} +- {r['ssim_std']:.4f}",
                           f"{r['gain_db_mean']:+.2f} +- {r['gain_db_std']:.2f}"] for r in result["rows"]))]
     intro = paragraph("""
         {measured}, seeds {seeds}, step scale {scale}.  Each teacher trained once by its built-in recipe

@@ -125,18 +125,21 @@ def export_variants(name: str, config: dict[str, Any], size: tuple[int, int], mo
     return model, files, facts
 
 
+def _timed(fn: Callable[..., dict[str, float]], *args: Any) -> Callable[[int, int], dict[str, float]]:
+    """An ``Entry.run``: ``run(w, r)`` is ``fn(*args, warmup=w, runs=r)``."""
+    return lambda w, r: fn(*args, warmup=w, runs=r)
+
+
 def build_entries(name: str, model: torch.nn.Module, files: dict[str, dict[str, Path]],
                   size: tuple[int, int]) -> list[Entry]:
     entries = []
     for threads in THREADS:
         for variant, path in files["tflite"].items():
-            entries.append(Entry(name, "tflite", variant, threads,
-                                 lambda w, r, p=path, t=threads: tflite_latency_ms(p, t, warmup=w, runs=r)))
+            entries.append(Entry(name, "tflite", variant, threads, _timed(tflite_latency_ms, path, threads)))
         for variant, path in files["onnxruntime"].items():
-            entries.append(Entry(name, "onnxruntime", variant, threads,
-                                 lambda w, r, p=path, t=threads: onnx_latency_ms(p, t, warmup=w, runs=r)))
+            entries.append(Entry(name, "onnxruntime", variant, threads, _timed(onnx_latency_ms, path, threads)))
         entries.append(Entry(name, "torch", "fp32", threads,
-                             lambda w, r, t=threads: torch_latency_ms(model, (1, 4, *size), t, warmup=w, runs=r)))
+                             _timed(torch_latency_ms, model, (1, 4, *size), threads)))
     return entries
 
 

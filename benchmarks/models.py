@@ -65,15 +65,17 @@ def measure(kind: str, name: str, work: Path) -> dict:
 
 def _paper_cell(paper: dict) -> str:
     parts = [f"params {paper['params']:,}" if "params" in paper else ""]
-    parts += [f"{k} {v:g}" if isinstance(v, (int, float)) else "" for k, v in paper.items() if k not in ("params", "source")]
+    parts += [f"{k} {v:g}" if isinstance(v, (int, float)) else ""
+              for k, v in paper.items() if k not in ("params", "source")]
     text = "; ".join(p for p in parts if p)
     return f"{text} ({paper['source']})" if "source" in paper else text or "-"
 
 
 def write_doc(result: dict) -> None:
     rows = table(["kind", "model", "params", "GMACs @ FHD", "TFLite fp32 KB", "TFLite INT8 KB", "paper"],
-                 ([r["kind"], f"`{r['name']}`", f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}", f"{r['size_kb_fp32']:,.0f}",
-                   f"{r['size_kb_int8']:,.0f}", _paper_cell(r["paper"])] for r in result["models"]))
+                 ([r["kind"], f"`{r['name']}`", f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}",
+                   f"{r['size_kb_fp32']:,.0f}", f"{r['size_kb_int8']:,.0f}", _paper_cell(r["paper"])]
+                  for r in result["models"]))
     text = [
         "# Models", "",
         "Every registered teacher and student at its default configuration (`ispdc list` names them;",

@@ -43,7 +43,7 @@ from recipes.runner import run_recipe
 LEVELS = (0.0, 0.3, 0.5, 0.7)
 FHD_PACKED = (1, 4, 544, 960)
 LATENCY_PACKED = (1, 4, 272, 480)
-MODELS = {
+MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "lwisp": ({"width": 0.5}, {"steps": 1200, "lr": 1e-3, "batch_size": 4, "losses": {"l1": 1.0, "ms_ssim": 0.4}}),
     "smallnet": ({"width": 16}, {"steps": 1500, "lr": 3e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
 }
@@ -51,8 +51,8 @@ MODELS = {
 
 def _train_student(name: str, config: dict[str, Any], train_cfg: dict[str, Any], work: Path) -> torch.nn.Module:
     overrides = [f"student.model={name}", f"student.config={yaml.safe_dump(config, default_flow_style=True).strip()}",
-                 f"student.train={yaml.safe_dump(train_cfg, default_flow_style=True).strip()}", "student.distill.output_kd=0",
-                 "run_until=student", "seed=0"]
+                 f"student.train={yaml.safe_dump(train_cfg, default_flow_style=True).strip()}",
+                 "student.distill.output_kd=0", "run_until=student", "seed=0"]
     spec, path = load_recipe("quickstart", overrides)
     spec = spec.model_copy(update={"teacher": None})
     _, outcomes = run_recipe(spec, path, work / name)
@@ -83,10 +83,10 @@ def measure(name: str, scale: float, work: Path) -> list[dict[str, Any]]:
         if level:
             prune_model(pruned, example, PruneTarget(macs_reduction=level))
         quality_pruned = evaluate(pruned, held_out)
-        row = {"model": name, "config": config, "target_macs_reduction": level, "params": count_params(pruned),
-               "gmacs_fhd": count_macs(pruned, FHD_PACKED) / 1e9,
-               "macs_reduction": 1 - count_macs(pruned, FHD_PACKED) / base_macs,
-               "psnr_no_finetune": quality_pruned["psnr"], "finetune_steps": finetune.steps}
+        row: dict[str, Any] = {"model": name, "config": config, "target_macs_reduction": level,
+                               "params": count_params(pruned), "gmacs_fhd": count_macs(pruned, FHD_PACKED) / 1e9,
+                               "macs_reduction": 1 - count_macs(pruned, FHD_PACKED) / base_macs,
+                               "psnr_no_finetune": quality_pruned["psnr"], "finetune_steps": finetune.steps}
         for kd_name, weight in (("plain", 0.0), ("kd", 0.5)):
             tuned = copy.deepcopy(pruned)
             kd = Distiller(copy.deepcopy(dense), output_weight=weight) if weight else None  # it freezes its teacher

@@ -1,6 +1,7 @@
 """Quantization: held-out quality, size and latency of every quantized variant, and does QAT beat PTQ?
 
-    .venv/bin/python -m benchmarks.quant [--models lwisp smallnet lwisp_w1 lwisp_tied] [--scale 1.0] [--compile] [--reuse DIR]
+    .venv/bin/python -m benchmarks.quant [--models lwisp smallnet lwisp_w1 lwisp_tied] [--scale 1.0] [--compile]
+        [--reuse DIR]
 
 Per student, in one process (seed 0, embedded data, 7 training photos, 2 held-out photos):
 
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from compress.export.onnx_export import export_onnx
 from compress.export.tflite import QUANT_MODES, convert_onnx_to_tflite
 from compress.quantization.calibration import calibration_crops
 from compress.quantization.inc_quant import inc_autotune
-from compress.quantization.onnx_quant import quantize_onnx
+from compress.quantization.onnx_quant import OnnxQuantMode, quantize_onnx
 from compress.quantization.qat import qat_finetune
 from compress.quantization.selective import SelectivePrecision
 from compress.runtime.latency import onnx_latency_ms, torch_latency_ms
@@ -56,7 +57,7 @@ from distill.metrics import centre_crop_pair, psnr, psnr_db, ssim
 from distill.trainer import TrainSpec, train
 from students import create_student
 
-MODELS = {
+MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "lwisp": ({"width": 0.25}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
     "smallnet": ({"width": 16}, {"steps": 600, "lr": 3e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
     "lwisp_tied": ({"width": 0.25}, {"steps": 400, "lr": 2e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}),
@@ -192,7 +193,8 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     train_pairs = load_embedded("train", seed=0)
     data = PairedPatchDataset(train_pairs, patch_size=PATCH, patches_per_image=32, seed=0)
     held = Held()
-    frames = calibration_crops([p.raw for p in train_pairs], CALIBRATION_FRAMES, tuple(held.shape[2:]), "random", seed=0)
+    frames = calibration_crops([p.raw for p in train_pairs], CALIBRATION_FRAMES, tuple(held.shape[2:]), "random",
+                               seed=0)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -278,7 +280,8 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         size_kb=size_kb(files["onnx"]), **_onnx_latency(files["onnx"]))
     for label, mode_, act in (("int8 QDQ (U8S8)", "int8", "uint8"), ("int8 QDQ (S8S8)", "int8", "int8"),
                               ("int16 QDQ", "int16", "uint8")):
-        path = quantize_onnx(files["onnx"], work / f"ort_{mode_}_{act}.onnx", frames, mode_, activation_type=act)
+        path = quantize_onnx(files["onnx"], work / f"ort_{mode_}_{act}.onnx", frames, cast(OnnxQuantMode, mode_),
+                             activation_type=cast(Literal["uint8", "int8"], act))
         add(label, "ONNX Runtime", held.score(run_onnx(path, held.raw.numpy())), float_scores["psnr"],
             size_kb=size_kb(path), **_onnx_latency(path))
 
@@ -286,7 +289,7 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
     ptq, qat_row = by[("TFLite", "int8 PTQ")], by[("TFLite", "QAT -> int8 PTQ")]
     control_row = by[("TFLite", "float fine-tune (control) -> int8 PTQ")]
     variants = (("ptq", "int8 PTQ"), ("qat", "QAT -> int8 PTQ"), ("control", "float fine-tune (control) -> int8 PTQ"))
-    builtin = {k: by[("TFLite", f"{v}, builtin kernels (no XNNPACK)")]["drop_db"] for k, v in variants}
+    builtin_drop = {k: by[("TFLite", f"{v}, builtin kernels (no XNNPACK)")]["drop_db"] for k, v in variants}
     # int8 vs its own fp32 TFLite model: the quantization error alone, which QAT trains the weights against
     parity = {f"{k}{suffix}": by[("TFLite", v + suffix)]["parity_db"] for k, v in variants
               for suffix in ("", ", builtin kernels (no XNNPACK)")}
@@ -296,9 +299,10 @@ def measure(name: str, scale: float, work: Path, compile_inc: bool, reuse: Path 
         "model": name, "config": config, "train_steps": train_cfg["steps"], "finetune_steps": ft_spec.steps,
         "float_model_reused": reused,
         "ptq_drop_db": ptq["drop_db"], "qat_drop_db": qat_row["drop_db"], "control_drop_db": control_row["drop_db"],
-        "qat_minus_ptq_db": qat_row["psnr"] - ptq["psnr"], "qat_minus_control_db": qat_row["psnr"] - control_row["psnr"],
+        "qat_minus_ptq_db": qat_row["psnr"] - ptq["psnr"],
+        "qat_minus_control_db": qat_row["psnr"] - control_row["psnr"],
         "qat_fake_quant_psnr_db": [qat.fake_quant_psnr_start, qat.fake_quant_psnr_end],
-        "builtin_kernels_drop_db": builtin,  # ptq / qat / control int8 on TFLite's own kernels
+        "builtin_kernels_drop_db": builtin_drop,  # ptq / qat / control int8 on TFLite's own kernels
         "int8_parity_db": parity,  # ptq / qat / control int8 vs the fp32 TFLite model of the same weights
         "int8_over_fp32_latency": {f"{n}t": int8_t[f"latency_ms_{n}t"] / fp32_t[f"latency_ms_{n}t"] for n in THREADS}
         if f"latency_ms_{THREADS[0]}t" in int8_t and f"latency_ms_{THREADS[0]}t" in fp32_t else None,
@@ -320,15 +324,15 @@ def publish_result(result: dict[str, Any]) -> None:
     summaries = result["summaries"]
     rows = table(["model", "runtime", "variant", "PSNR dB", "SSIM", "drop dB", "parity vs fp32 TFLite dB", "size KB",
                   "ms 1t", "ms 2t"],
-                 ([r["model"], r["runtime"], r["variant"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['drop_db']:+.3f}",
-                   _fmt(r.get("parity_db"), ".1f"), _fmt(r.get("size_kb"), ".0f"), _fmt(r.get("latency_ms_1t"), ".1f"),
-                   _fmt(r.get("latency_ms_2t"), ".1f")] for r in result["rows"]))
+                 ([r["model"], r["runtime"], r["variant"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
+                   f"{r['drop_db']:+.3f}", _fmt(r.get("parity_db"), ".1f"), _fmt(r.get("size_kb"), ".0f"),
+                   _fmt(r.get("latency_ms_1t"), ".1f"), _fmt(r.get("latency_ms_2t"), ".1f")] for r in result["rows"]))
     nan = {"1t": float("nan"), "2t": float("nan")}
     rows += ["", *table(["model", "train / fine-tune steps", "PTQ int8 drop dB", "QAT int8 drop dB",
                          "control int8 drop dB", "QAT - PTQ dB", "QAT - control dB", "TFLite int8/fp32 latency 1t, 2t"],
                         ([f"{s['model']} {s['config']}", f"{s['train_steps']} / {s['finetune_steps']}",
-                          *(f"{s[k]:+.3f}" for k in ("ptq_drop_db", "qat_drop_db", "control_drop_db", "qat_minus_ptq_db",
-                                                     "qat_minus_control_db")),
+                          *(f"{s[k]:+.3f}" for k in ("ptq_drop_db", "qat_drop_db", "control_drop_db",
+                                                     "qat_minus_ptq_db", "qat_minus_control_db")),
                           "{1t:.2f}, {2t:.2f}".format(**(s["int8_over_fp32_latency"] or nan))] for s in summaries))]
     rows += ["", "The same on TFLite's builtin kernels (no XNNPACK; their INT8 leaky ReLU floors negatives), and "
              "each int8 model's parity with the fp32 TFLite model of its own weights (the quantization error alone, "
@@ -342,7 +346,8 @@ def publish_result(result: dict[str, Any]) -> None:
              "training photos (drop vs the fp32 TFLite model), and the mean int8 - fp32 output offset on the "
              "held-out photos (R, G, B, x1e-3):", "",
              *table(["model", "variant", "drop on training crops dB", "mean offset held-out x1e-3"],
-                    ([s["model"], tag, f"{drop:+.3f}", ", ".join(f"{1e3 * v:+.1f}" for v in s["int8_mean_offset_rgb"][tag])]
+                    ([s["model"], tag, f"{drop:+.3f}",
+                      ", ".join(f"{1e3 * v:+.1f}" for v in s["int8_mean_offset_rgb"][tag])]
                      for s in summaries for tag, drop in s.get("int8_drop_on_training_crops_db", {}).items()))]
     rows += [f"\nTFLite {variant} on {s['model']}: {error}" for s in result["summaries"]
              for variant, error in s["tflite_latency_errors"].items()]

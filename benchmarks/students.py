@@ -23,6 +23,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -80,14 +81,16 @@ def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> di
     calibration = _fhd_calibration(np.load(by_stage["quantize"].typed(QuantizeResult).calibration))
     onnx_path = export_onnx(model, work / "fhd" / "model.onnx", (1, 4, *FHD_PACKED))
     tflite = convert_onnx_to_tflite(onnx_path, work / "fhd" / "tflite", calibration, modes=("int8",))
-    row = {"student": name, "params": count_params(model), "gmacs_fhd": count_macs(model, (1, 4, *FHD_PACKED)) / 1e9,
-           "train_and_export_s": train_s, "psnr_fp32": quality["psnr_tflite_fp32"],
-           "psnr_int8": quality["psnr_tflite_int8"], "ssim_int8": quality["ssim_tflite_int8"]}
+    row: dict[str, Any] = {"student": name, "params": count_params(model),
+                           "gmacs_fhd": count_macs(model, (1, 4, *FHD_PACKED)) / 1e9,
+                           "train_and_export_s": train_s, "psnr_fp32": quality["psnr_tflite_fp32"],
+                           "psnr_int8": quality["psnr_tflite_int8"], "ssim_int8": quality["ssim_tflite_int8"]}
     for fmt in ("fp32", "int8"):
         assert_builtin_only(tflite[fmt])
         row[f"size_kb_{fmt}"] = size_kb(tflite[fmt])
         for threads in (1, 2):
-            row[f"latency_ms_{fmt}_{threads}t"] = tflite_latency_ms(tflite[fmt], num_threads=threads, runs=5)["median_ms"]
+            row[f"latency_ms_{fmt}_{threads}t"] = tflite_latency_ms(tflite[fmt], num_threads=threads,
+                                                                    runs=5)["median_ms"]
     runtime = row["latency_ms_int8_2t"]
     row["mai2021_score"] = mai2021_score(row["psnr_int8"], runtime)
     row["mai2022_score"] = mai2022_score(row["psnr_int8"], runtime)
@@ -97,7 +100,8 @@ def measure(name: str, steps: int, eval_size: tuple[int, int], root: Path) -> di
 def publish_result(result: dict) -> None:
     rows = table(["student", "params", "GMACs FHD", "PSNR fp32 / int8", "size KB fp32 / int8", "FHD ms fp32 1t / 2t",
                   "FHD ms int8 1t / 2t", "MAI21", "MAI22"],
-                 ([r["student"], f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}", f"{r['psnr_fp32']:.2f} / {r['psnr_int8']:.2f}",
+                 ([r["student"], f"{r['params']:,}", f"{r['gmacs_fhd']:.1f}",
+                   f"{r['psnr_fp32']:.2f} / {r['psnr_int8']:.2f}",
                    f"{r['size_kb_fp32']:.0f} / {r['size_kb_int8']:.0f}",
                    f"{r['latency_ms_fp32_1t']:.0f} / {r['latency_ms_fp32_2t']:.0f}",
                    f"{r['latency_ms_int8_1t']:.0f} / {r['latency_ms_int8_2t']:.0f}",

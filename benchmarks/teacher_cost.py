@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -19,7 +20,8 @@ from benchmarks.report import cli, measured_on, paragraph, publish, stamp, table
 from compress.runtime.profile import count_macs, count_params
 from teachers import create_teacher
 
-TEACHERS = {"pynet": {"width": 1.0}, "punet": {"base_width": 16}, "aaunet": {"base_width": 16}}
+TEACHERS: dict[str, dict[str, Any]] = {"pynet": {"width": 1.0}, "punet": {"base_width": 16},
+                                       "aaunet": {"base_width": 16}}
 
 PAPER_FLOPS_G = {"pynet": 342.698}
 """LW-ISP paper (seed 004) Table 3, column (224,224).  It matches our MAC count at a 224x224 *packed*

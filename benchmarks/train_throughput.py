@@ -3,11 +3,12 @@ torch.compile, and GPU utilisation on CUDA.
 
     .venv/bin/python -m benchmarks.train_throughput [--device auto] [--scale 1.0] [--batch 8] [--steps 20]
 
-Each figure is the median of ``--steps`` timed steps.  A step is what ``distill.trainer.train`` runs:
-the model's forward under autocast, an L1 loss in float32, backward, Adam.  Inputs are random 256x256 RAW crops (128x128 packed, 4 channels, targets 3x256x256) held
-on the device, so the numbers measure the model, not the data pipeline.  ``--scale`` shrinks the crop
-side (and ``--width-scale`` the models) for a quick CPU run; the results name the device, the crop and the
-scales used.  Writes ``benchmarks/results/train_throughput.json`` and its table in ``docs/benchmarks.md``.
+Each figure is the median of ``--steps`` timed steps.  A step is what ``distill.trainer.train`` runs: the
+model's forward under autocast, an L1 loss in float32, backward, Adam.  Inputs are random 256x256 RAW
+crops (128x128 packed, 4 channels, targets 3x256x256) held on the device, so the numbers measure the
+model, not the data pipeline.  ``--scale`` shrinks the crop side (and ``--width-scale`` the models) for a
+quick CPU run; the results name the device, the crop and the scales used.  Writes
+``benchmarks/results/train_throughput.json`` and its table in ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class GpuSampler:
     nvidia-smi.  Empty on the CPU."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.samples, self._stop = device, [], threading.Event()
+        self.device, self._stop = device, threading.Event()
+        self.samples: list[float] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _read(self) -> float | None:
@@ -94,7 +96,8 @@ def measure(model_name: str, mode: str, device: torch.device, side: int, batch: 
     torch.manual_seed(0)
     model = factory(model_name, **config).to(device).train()
     memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
+    # Module.to takes memory_format (see its docstring); torch's typed overloads omit it
+    model = model.to(memory_format=memory)  # type: ignore[call-overload]
     forward = torch.compile(model) if compile_ else model
     x = torch.rand(batch, 4, side, side, device=device).contiguous(memory_format=memory)
     target = torch.rand(batch, 3, 2 * side, 2 * side, device=device).contiguous(memory_format=memory)
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--skip", nargs="*", default=[], metavar="MODEL:MODE",
-                        help="pairs not to measure (listed as skipped), e.g. pynet:compiled where compiling is too slow")
+                        help="pairs not to measure (listed as skipped), e.g. pynet:compiled where compiling is "
+                             "too slow")
     parser.add_argument("--no-publish", action="store_true", help="print only; leave docs and results alone")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

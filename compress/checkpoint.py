@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch_pruning as tp
@@ -76,10 +76,12 @@ def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
     with prunable_view(model, example):  # PixelShuffle chains and coupled blocks as torch-pruning sees them
         in_view = dict(model.named_modules())
         for name, target in widths.items():
-            layer = in_view.get(name, modules[name])  # inside a coupled block: follows its neighbours
+            # a conv of the plan or its PixelShuffle chain's stand-in; inside a coupled block: follows its neighbours
+            layer = cast("nn.Conv2d | nn.ConvTranspose2d | ShuffleChainStandIn", in_view.get(name, modules[name]))
             chain = isinstance(layer, ShuffleChainStandIn)
-            block = layer.upscale**2 if chain else 1
-            current = (layer.conv if chain else layer).out_channels  # read now: may have shrunk already
+            block = layer.upscale**2 if isinstance(layer, ShuffleChainStandIn) else 1
+            # read now: may have shrunk already
+            current = (layer.conv if isinstance(layer, ShuffleChainStandIn) else layer).out_channels
             if target > current:
                 raise ValueError(f"channel plan asks {name} for {target} channels; the model has only {current}")
             if target % block:
@@ -89,7 +91,8 @@ def apply_channel_plan(model: nn.Module, widths: dict[str, int]) -> nn.Module:
                 # A fresh graph per trim: torch-pruning's split/slice index mappings keep the offsets
                 # of the widths they were traced at, so a graph reused after a trim miscounts.
                 graph = dependency_graph(model, example)
-                handler = CUSTOMIZED_PRUNERS[ShuffleChainStandIn].prune_out_channels if chain else tp.prune_conv_out_channels
+                handler = (CUSTOMIZED_PRUNERS[ShuffleChainStandIn].prune_out_channels if chain
+                           else tp.prune_conv_out_channels)
                 group = graph.get_pruning_group(layer, handler, idxs=list(range(target // block, current // block)))
                 group.prune()
     got = channel_plan(model)

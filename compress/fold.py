@@ -9,12 +9,17 @@ The folded model is numerically the same function in eval mode.
 from __future__ import annotations
 
 import copy
+from typing import Protocol, cast
 
 from torch import nn
 
 from students.reparam import fold_conv_bn_pair, fuse_conv_bn
 
 __all__ = ["fold_model", "fold_conv_bn_pair", "fuse_conv_bn"]
+
+
+class _Reparameterizable(Protocol):
+    def reparameterize(self) -> object: ...
 
 
 def _fold_sequential_pairs(module: nn.Module) -> int:
@@ -44,7 +49,7 @@ def fold_model(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, dict
     reparam = 0
     for module in list(model.modules()):
         if module is not model and hasattr(module, "reparameterize"):
-            module.reparameterize()
+            cast(_Reparameterizable, module).reparameterize()
             reparam += 1
     conv_bn = _fold_sequential_pairs(model)
     remaining = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -35,8 +35,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation", "Please file an issue"))),
-                      type(exc).__name__)
+        noise = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        reason = next((ln for ln in lines if not ln.startswith(noise)), type(exc).__name__)
         raise CheckpointError(f"{path}: refused: not a plain tensor checkpoint ({reason[:200]}); "
                               "checkpoints are loaded with weights_only=True and never run code") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:

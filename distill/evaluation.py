@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distill.metrics import psnr, ssim
+
+
+class _MultiLevel(Protocol):
+    def forward_levels(self, x: torch.Tensor) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Task:
         return model(x, level=self.level) if self.level else model(x)
 
     def train_forward(self, model: nn.Module, x: torch.Tensor) -> Any:
-        return model.forward_levels(x) if self.multilevel else self.forward(model, x)
+        return cast(_MultiLevel, model).forward_levels(x) if self.multilevel else self.forward(model, x)
 
 
 DEFAULT_TASK = Task()

@@ -6,6 +6,7 @@ names fail with the list of known ones.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> 
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return 1.0 - structural_similarity_index_measure(pred, target, data_range=1.0)
+    return 1.0 - cast(torch.Tensor, structural_similarity_index_measure(pred, target, data_range=1.0))
 
 
 def ms_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ arrays, and ``centre_crop_pair`` cuts the held-out region every stage and benchm
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -57,12 +57,12 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     """
     side = min(pred.shape[-2:])
     if side > 11:
-        return float(structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0))
+        return float(cast(torch.Tensor, structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0)))
     if side < 3:
         return float("nan")
     kernel = side - 1 if side % 2 == 0 else side
-    return float(structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0,
-                                                     gaussian_kernel=False, kernel_size=kernel))
+    return float(cast(torch.Tensor, structural_similarity_index_measure(pred.clamp(0, 1), target, data_range=1.0,
+                                                                        gaussian_kernel=False, kernel_size=kernel)))
 
 
 def ms_ssim_betas(height: int, width: int, kernel_size: int = 11) -> tuple[float, ...]:

@@ -16,8 +16,8 @@ from torch import nn
 
 from distill.checkpointing import load_weights  # weights_only=True: a code-running pickle is a CheckpointError
 
-VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-                512, 512, 512, 512, "M"]
+VGG19_LAYOUT: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                                 512, 512, 512, 512, "M"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -52,6 +52,9 @@ def vgg19_features() -> nn.Sequential:
 
 class PerceptualLoss(nn.Module):
     """MSE between VGG-19 features of prediction and target at ``layer``; the VGG is frozen."""
+
+    mean: torch.Tensor  # buffers (ImageNet statistics)
+    std: torch.Tensor
 
     def __init__(self, weights: Path, layer: str = "relu5_4") -> None:
         super().__init__()

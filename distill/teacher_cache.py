@@ -48,7 +48,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
     if flat.is_quantized:
         flat = flat.int_repr()
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data  # the array's memoryview: the same as memoryview(array)
 
 
 def _hash_tensor_into(digest: Any, tensor: torch.Tensor) -> None:

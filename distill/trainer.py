@@ -31,7 +31,7 @@ from distill.checkpointing import (
 )
 from distill.distiller import Distiller
 from distill.evaluation import DEFAULT_TASK, Task
-from distill.losses import KNOWN_LOSSES, WeightedLoss
+from distill.losses import KNOWN_LOSSES, LossFn, WeightedLoss
 from distill.perceptual import PerceptualLoss
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class TrainSpec(BaseModel):
         return self
 
     def criterion(self) -> WeightedLoss:
-        configured = {}
+        configured: dict[str, LossFn] = {}
         if self.perceptual is not None and "perceptual" in self.losses:
             configured["perceptual"] = PerceptualLoss(self.perceptual.weights, self.perceptual.layer)
         return WeightedLoss(self.losses, configured)
@@ -131,6 +131,12 @@ def _to_float(value: Any) -> Any:
 class _TrainStep(nn.Module):
     """One step's forward and loss as a module, so DistributedDataParallel syncs the gradients of the
     model *and* the KD adapters.  The model runs under autocast; the recipe's loss runs in float32."""
+
+    _kd: Distiller | None  # these five are kept in __dict__, out of the module tree
+    _task: Task
+    _criterion: Callable
+    _autocast: Callable[[], Any]
+    _compiled: Callable | None
 
     def __init__(self, model: nn.Module, kd: Distiller | None, task: Task, criterion: Callable,
                  autocast: Callable[[], Any], compiled: Callable | None = None) -> None:
@@ -225,7 +231,8 @@ def train(
         torch.use_deterministic_algorithms(deterministic_before)
         model.to("cpu")
         if spec.channels_last:
-            model.to(memory_format=torch.contiguous_format)
+            # Module.to takes memory_format (see its docstring); torch's typed overloads omit it
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         if kd:
             kd.teacher.to("cpu")
             kd.adapters.to("cpu")
@@ -238,7 +245,8 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
            per_rank: int, on_step: Callable[[int], None] | None = None) -> TrainResult:
     torch.manual_seed(seed)
     memory = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory)
+    # Module.to takes memory_format (see its docstring); torch's typed overloads omit it
+    model.to(device=device, memory_format=memory)  # type: ignore[call-overload]
     model.train()
     criterion = criterion or spec.criterion()
     _move_criterion(criterion, device)
@@ -252,14 +260,15 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
             raw, rgb = raw.contiguous(memory_format=memory), rgb.contiguous(memory_format=memory)
         return raw, rgb
 
-    stream = dict(rank=dist_info.rank, world_size=dist_info.world_size, num_workers=spec.num_workers, pin_memory=pin)
+    stream: dict[str, Any] = dict(rank=dist_info.rank, world_size=dist_info.world_size, num_workers=spec.num_workers,
+                                  pin_memory=pin)
     first = to_device(next(training_batches(dataset, spec.batch_size, seed, **{**stream, "num_workers": 0})))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the model has no trainable parameters (all frozen, e.g. it served as a KD teacher)")
     if kd:
         kd.prepare(model, *task.inputs_targets(*first))
-        kd.adapters.to(device=device, memory_format=memory)
+        kd.adapters.to(device=device, memory_format=memory)  # type: ignore[call-overload]  # as above
         params += kd.parameters()
     optimiser = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -301,6 +310,7 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
     bar = tqdm(range(start, spec.steps), desc=desc, leave=False, dynamic_ncols=True, disable=not main)
 
     def checkpoint(done: int) -> None:
+        assert checkpoint_path is not None  # called only when there is one
         save_checkpoint(checkpoint_path, model=model, optimiser=optimiser, scheduler=scheduler, step=done,
                         rng_states=capture_rng_states(), adapters=kd.adapters if kd else None,
                         scaler=scaler if scaler.is_enabled() else None,

@@ -44,6 +44,7 @@ class AttentionInception(nn.Module):
         self.se = SEModule(channels)
         self.fuse = nn.Conv2d(3 * channels, channels, 1)
         nn.init.zeros_(self.fuse.weight)
+        assert self.fuse.bias is not None  # built with a bias
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

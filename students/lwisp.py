@@ -199,8 +199,10 @@ class CCB(nn.Module):
 class LWISP(nn.Module):
     """LW-ISP: packed RAW ``(N, 4, H, W)`` -> sRGB ``(N, 3, 2H, 2W)``; H, W multiples of 16."""
 
-    feature_taps = ("up1", "up2", "up3", "up4")  # CCB outputs, coarse to fine (Sec. 4.3 distils up2..up4)
-    prune_ignore = ("tail",)  # the RGB head; the sub-pixel convs prune in r^2 groups (compress.pruning.rules)
+    # CCB outputs, coarse to fine (Sec. 4.3 distils up2..up4)
+    feature_taps: tuple[str, ...] = ("up1", "up2", "up3", "up4")
+    # the RGB head; the sub-pixel convs prune in r^2 groups (compress.pruning.rules)
+    prune_ignore: tuple[str, ...] = ("tail",)
 
     def __init__(self, width: float = 1.0, fgam: bool = True, in_channels: int = 4, scale: int = 2,
                  block: BlockKind = "conv") -> None:

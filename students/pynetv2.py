@@ -68,6 +68,9 @@ channel (a 1-parameter PReLU reads as shared), hence level 1 >= 8 channels as bu
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Literal, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,7 +105,7 @@ class ConvAct(nn.Module):
         super().__init__()
         pad = kernel_size // 2 if same else 0
         self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=pad, groups=groups,
-                              padding_mode=padding_mode if pad else "zeros")
+                              padding_mode=cast(Literal["reflect", "zeros"], padding_mode) if pad else "zeros")
         self.norm = nn.InstanceNorm2d(cout, affine=True, eps=IN_EPS) if norm else nn.Identity()
         self.act = nn.PReLU(cout) if act else nn.Identity()
 
@@ -134,11 +137,11 @@ class GroupedResidualBlock(nn.Module):
     @property
     def split_sizes(self) -> list[int]:
         """Current group widths (equal as built; pruning may make them differ)."""
-        return [branch[0].conv.in_channels for branch in self.branches]
+        return [branch[0].conv.in_channels for branch in cast("Sequence[Sequence[ConvAct]]", self.branches)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs, start = [], 0
-        for size, branch in zip(self.split_sizes, self.branches):
+        for size, branch in zip(self.split_sizes, cast("Sequence[Sequence[ConvAct]]", self.branches)):
             part = x[:, start:start + size]
             start += size
             for layer in branch:
@@ -345,8 +348,8 @@ class PyNetV2Mobile(nn.Module):
 
 
 _SOURCE = "PyNET-V2 Mobile (seed 000) Sec. III: 3.6 MB fp32 TFLite; params = size / 4 bytes"
-_FULL_INFO = dict(tiny_config={"width": 0.25}, input_multiple=4, min_input=28)
-_SLIM_INFO = dict(tiny_config={"width": 0.125}, input_multiple=8, min_input=56)
+_FULL_INFO: dict[str, Any] = dict(tiny_config={"width": 0.25}, input_multiple=4, min_input=28)
+_SLIM_INFO: dict[str, Any] = dict(tiny_config={"width": 0.125}, input_multiple=8, min_input=56)
 
 
 @STUDENTS.register("pynetv2_mobile", ModelInfo(

@@ -44,7 +44,7 @@ rebuilt from its registry name + config by ``compress.checkpoint.build_model`` f
 """
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from torch import nn
 
 BlockKind = Literal["conv", "repvgg", "ecb", "ereop"]
 BLOCKS: tuple[str, ...] = get_args(BlockKind)
+_Pair = tuple[int, int]  # a Conv2d's kernel_size, stride, padding, dilation (torch types them tuple[int, ...])
 
 SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))
@@ -67,11 +68,23 @@ def check_block(kind: str) -> None:
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` with ``bn(x) == scale * x + shift`` per channel in eval mode."""
-    std = torch.sqrt(bn.running_var + bn.eps)
+    running_mean, running_var = _running_stats(bn)
+    std = torch.sqrt(running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(std)
     beta = bn.bias if bn.affine else torch.zeros_like(std)
     scale = gamma / std
-    return scale, beta - bn.running_mean * scale
+    return scale, beta - running_mean * scale
+
+
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var)``, which torch types Optional: they are None only for a BatchNorm built
+    without ``track_running_stats``, which cannot be folded (the arithmetic on them then raises)."""
+    return cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv this module built with one (torch types it Optional)."""
+    return cast(torch.Tensor, conv.bias)
 
 
 def _after_bn(kernel: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,13 +97,14 @@ def _after_bn(kernel: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm2d) -> t
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Return a new conv equal to ``bn(conv(x))`` with BN running statistics (eval mode)."""
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+        conv.in_channels, conv.out_channels, cast(_Pair, conv.kernel_size), cast(_Pair, conv.stride),
+        cast("str | _Pair", conv.padding), cast(_Pair, conv.dilation), conv.groups, bias=True,
+        padding_mode=conv.padding_mode,
     ).to(conv.weight.device, conv.weight.dtype)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(_running_stats(bn)[0])
     weight, fused_bias = _after_bn(conv.weight, bias, bn)
     fused.weight.copy_(weight)
-    fused.bias.copy_(fused_bias)
+    _bias(fused).copy_(fused_bias)
     return fused
 
 
@@ -163,7 +177,7 @@ class RepBlock(nn.Module):
         conv = nn.Conv2d(in_ch, out_ch, self.kernel_size, padding=self.kernel_size // 2)
         conv = conv.to(device=kernel.device, dtype=kernel.dtype)
         conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
+        _bias(conv).copy_(bias)
         for store in (self._modules, self._parameters, self._buffers):
             for name in list(store):
                 delattr(self, name)
@@ -198,7 +212,7 @@ class ConvBN(nn.Module):
         return self.bn(self.conv(x))
 
     def kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        kernel, bias = _after_bn(self.conv.weight, torch.zeros_like(self.bn.running_mean), self.bn)
+        kernel, bias = _after_bn(self.conv.weight, torch.zeros_like(_running_stats(self.bn)[0]), self.bn)
         return _embed(kernel, size), bias
 
 
@@ -234,24 +248,26 @@ class MaskBranch(nn.Module):
     prunes the branch like any conv and nothing channel-shaped is left behind.
     """
 
+    mask: torch.Tensor
+
     def __init__(self, in_ch: int, out_ch: int, mask: tuple[tuple[float, ...], ...]) -> None:
         super().__init__()
         self.conv1x1 = nn.Conv2d(in_ch, out_ch, 1)
         self.affine = nn.Conv2d(out_ch, out_ch, 1, groups=out_ch)
         with torch.no_grad():
             self.affine.weight.normal_(0.0, ECB_INIT_STD)
-            self.affine.bias.normal_(0.0, ECB_INIT_STD)
+            _bias(self.affine).normal_(0.0, ECB_INIT_STD)
         self.register_buffer("mask", torch.tensor(mask).reshape(1, 1, 3, 3), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _pad_with_bias(self.conv1x1(x), self.conv1x1.bias)
+        y = _pad_with_bias(self.conv1x1(x), _bias(self.conv1x1))
         channels = y.shape[1]
         return self.affine(F.conv2d(y, self.mask.expand(channels, 1, 3, 3), groups=channels))
 
     def kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self.affine.weight.reshape(-1)
         kernel = scale.reshape(-1, 1, 1, 1) * self.conv1x1.weight * self.mask  # (out, in, 1, 1) * (1, 1, 3, 3)
-        bias = self.affine.bias + scale * self.conv1x1.bias * self.mask.sum()
+        bias = _bias(self.affine) + scale * _bias(self.conv1x1) * self.mask.sum()
         return kernel, bias
 
 
@@ -273,15 +289,15 @@ class ECB(RepBlock):
         self.with_idt = identity and in_ch == out_ch
 
     def branches(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv3x3(x) + self.expand_3x3(_pad_with_bias(self.expand(x), self.expand.bias))
+        y = self.conv3x3(x) + self.expand_3x3(_pad_with_bias(self.expand(x), _bias(self.expand)))
         y = y + self.sobel_x(x) + self.sobel_y(x) + self.laplacian(x)
         return y + x if self.with_idt else y
 
     def kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        kernel, bias = self.conv3x3.weight.clone(), self.conv3x3.bias.clone()
+        kernel, bias = self.conv3x3.weight.clone(), _bias(self.conv3x3).clone()
         k1 = self.expand_3x3.weight
         kernel += torch.einsum("omuv,mi->oiuv", k1, self.expand.weight[:, :, 0, 0])
-        bias += self.expand_3x3.bias + torch.einsum("omuv,m->o", k1, self.expand.bias)
+        bias += _bias(self.expand_3x3) + torch.einsum("omuv,m->o", k1, _bias(self.expand))
         for branch in (self.sobel_x, self.sobel_y, self.laplacian):
             k, b = branch.kernel_bias()
             kernel, bias = kernel + k, bias + b
@@ -307,12 +323,13 @@ class EReopConv(RepBlock):
 
     def kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.kernel_size
-        kernel, bias = self.normed[0].kernel_bias(k)
-        for branch in self.normed[1:]:
+        normed, plain = cast("list[ConvBN]", list(self.normed)), cast("list[SameConv]", list(self.plain))
+        kernel, bias = normed[0].kernel_bias(k)
+        for branch in normed[1:]:
             kb, bb = branch.kernel_bias(k)
             kernel, bias = kernel + kb, bias + bb
-        for conv in self.plain:
-            kernel, bias = kernel + _embed(conv.weight, k), bias + conv.bias
+        for conv in plain:
+            kernel, bias = kernel + _embed(conv.weight, k), bias + _bias(conv)
         return kernel, bias
 
 

@@ -24,9 +24,9 @@ from teachers.registry import STUDENTS, ModelInfo
 class Smallnet(nn.Module):
     """Packed RAW ``(N, 4, H, W)`` in [0, 1] -> sRGB ``(N, 3, 2H, 2W)``."""
 
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
-    prune_ignore = ("conv3",)  # feeds the pixel shuffle: its 12 = 3 * 2^2 channels are the RGB output
-    feature_taps = ("act1", "act2", "act3")  # module paths of the features distillation can match
+    conv_bn_pairs: tuple[tuple[str, str], ...] = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+    prune_ignore: tuple[str, ...] = ("conv3",)  # feeds the pixel shuffle: its 12 = 3 * 2^2 channels are the RGB output
+    feature_taps: tuple[str, ...] = ("act1", "act2", "act3")  # module paths of the features distillation can match
 
     def __init__(
         self, width: int = 16, in_channels: int = 4, out_channels: int = 3, scale: int = 2, batch_norm: bool = False,
@@ -62,6 +62,7 @@ class Smallnet(nn.Module):
 
 
 @STUDENTS.register("smallnet", ModelInfo(
-    tiny_config={"width": 8}, paper={"params": 4_652, "params_tolerance": 0, "source": "MAI 2021 report (seed 001), team dh_isp"}))
+    tiny_config={"width": 8},
+    paper={"params": 4_652, "params_tolerance": 0, "source": "MAI 2021 report (seed 001), team dh_isp"}))
 def smallnet(width: int = 16, batch_norm: bool = False, block: BlockKind = "conv") -> Smallnet:
     return Smallnet(width=width, batch_norm=batch_norm, block=block)

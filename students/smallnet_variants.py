@@ -50,6 +50,7 @@ Choices the report leaves open for JMU (ours, with why):
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from timm.layers.cbam import CbamModule
@@ -103,7 +104,7 @@ class SmallnetJMU(Smallnet):
         self.gamma = LearnableGamma(3, gamma)
         self.tone = LearnableToneMap(3, tone_strength)
         self.cbam = CbamModule(3, rd_channels=cbam_hidden)
-        self.cbam.spatial.conv.conv_bn_pairs = (("conv", "bn"),)  # so compress.fold merges timm's BN
+        cast(Any, self.cbam.spatial.conv).conv_bn_pairs = (("conv", "bn"),)  # so compress.fold merges timm's BN
 
     def isp(self, x: torch.Tensor) -> torch.Tensor:
         """The RGB before CBAM: Smallnet, clamp, gamma, tone mapping."""

@@ -36,6 +36,7 @@ The bottleneck (and the attention on it) is at ``H/16 x W/16``; the attention ma
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,7 @@ class SelfAttention2d(nn.Module):
             conv.weight = nn.Parameter(conv.weight.data.index_select(1, keep).contiguous())
             conv.in_channels = len(keep)
         self.value.weight = nn.Parameter(self.value.weight.data.index_select(0, keep).contiguous())
+        assert self.value.bias is not None  # built with a bias
         self.value.bias = nn.Parameter(self.value.bias.data.index_select(0, keep).contiguous())
         self.value.out_channels = len(keep)
 
@@ -116,14 +118,14 @@ class AAUNet(PUNET):
 
     # The RGB heads: their 3 output channels are the images.  The attention block prunes as one unit
     # (``SelfAttention2d.remove_channels``), in step with the bottleneck it wraps.
-    prune_ignore = ("head", "head1", "head2", "head3", "head4")
-    feature_taps = FEATURE_MODULES  # the per-level soft labels of CASIA's student
+    prune_ignore: tuple[str, ...] = ("head", "head1", "head2", "head3", "head4")
+    feature_taps: tuple[str, ...] = FEATURE_MODULES  # the per-level soft labels of CASIA's student
 
     def __init__(self, base_width: int = 16, instance_norm: bool = False, in_channels: int = 4,
                  attention_reduction: int = 8) -> None:
         super().__init__(base_width=base_width, instance_norm=instance_norm, in_channels=in_channels)
         w = base_width
-        self.attention = SelfAttention2d(16 * w, reduction=attention_reduction)
+        self.attention: nn.Module = SelfAttention2d(16 * w, reduction=attention_reduction)  # a student swaps it
         self.head1 = nn.Conv2d(w, 3, 3, padding=1)
         self.head2 = nn.Conv2d(2 * w, 3, 3, padding=1)
         self.head3 = nn.Conv2d(4 * w, 3, 3, padding=1)
@@ -188,7 +190,7 @@ total for ``outputs[0]`` / ``outputs[1]`` if wanted.
 _TERMS = {"mse", "ssim"}
 
 
-def downsample_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def downsample_target(target: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """``target`` resized to ``size``: box-filter average (area) for integer factors, else antialiased bilinear."""
     h, w = target.shape[-2:]
     if (h, w) == tuple(size):
@@ -239,7 +241,7 @@ def aaunet_multilevel_loss(
         else:
             if min(pred.shape[-2:]) < SSIM_WINDOW:
                 continue
-            value = 1.0 - structural_similarity_index_measure(pred, ref, data_range=1.0)
+            value = 1.0 - cast(torch.Tensor, structural_similarity_index_measure(pred, ref, data_range=1.0))
         parts[name] = float(value.detach())
         total = total + float(weight) * value
     return total, parts

@@ -45,8 +45,9 @@ class UpConv(nn.Sequential):
 class PUNET(nn.Module):
     """Packed RAW ``(N, 4, H, W)`` in [0, 1] -> sRGB ``(N, 3, 2H, 2W)``; H and W divisible by 16."""
 
-    prune_ignore = ("head",)  # its 3 output channels are the RGB image
-    feature_taps = ("bottleneck4", "dec4", "dec3", "dec2", "dec1")  # per-level features, coarse to fine
+    prune_ignore: tuple[str, ...] = ("head",)  # its 3 output channels are the RGB image
+    # per-level features, coarse to fine
+    feature_taps: tuple[str, ...] = ("bottleneck4", "dec4", "dec3", "dec2", "dec1")
 
     def __init__(self, base_width: int = 16, instance_norm: bool = False, in_channels: int = 4) -> None:
         super().__init__()

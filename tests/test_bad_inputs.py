@@ -134,7 +134,8 @@ VALIDATE_CASES: dict[str, tuple[str, Callable[[Path], Any] | None, tuple[str, ..
     "negative_batch": ("name: r\nstudent: {{train: {{batch_size: -2}}}}\n", None, ("student.train.batch_size",)),
     "negative_steps": ("name: r\nstudent: {{train: {{steps: -1}}}}\n", None, ("student.train.steps",)),
     "negative_input_size": ("name: r\nexport: {{input_size: [-16, 16]}}\n", None, ("export.input_size", "too small")),
-    "unknown_student": ("name: r\nstudent: {{model: nosuchnet}}\n", None, ("student.model", "unknown student 'nosuchnet'")),
+    "unknown_student": ("name: r\nstudent: {{model: nosuchnet}}\n", None,
+                        ("student.model", "unknown student 'nosuchnet'")),
     "unknown_teacher": ("name: r\nteacher: {{model: resnet9000}}\n", None, ("teacher.model", "resnet9000")),
     "unknown_train_loss": ("name: r\nstudent: {{train: {{losses: {{l3: 1.0}}}}}}\n", None,
                            ("student.train.losses", "unknown loss 'l3'")),
@@ -179,7 +180,8 @@ def _write_split(root: Path, split: str, n_raw: int = 2, n_rgb: int = 2, raw: Ca
         mosaic = raw(i) if raw else rng.integers(0, 1023, (64, 64), dtype=np.uint16)
         iio.imwrite(root / split / "raw" / f"{i}.png", mosaic)
     for i in range(n_rgb):
-        iio.imwrite(root / split / "rgb" / f"{i}{rgb_ext}", rng.integers(0, 255, (rgb_side, rgb_side, 3), dtype=np.uint8))
+        iio.imwrite(root / split / "rgb" / f"{i}{rgb_ext}",
+                    rng.integers(0, 255, (rgb_side, rgb_side, 3), dtype=np.uint8))
 
 
 def _empty(root: Path) -> None:
@@ -247,7 +249,8 @@ def test_bad_data_is_one_line_and_exit_2(case: str, tmp_path: Path, tracking_uri
 # --------------------------------------------------------------------------- environment faults (run)
 
 
-def test_unreachable_tracking_server_fails_fast_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_tracking_server_fails_fast_before_training(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -516,6 +519,7 @@ def test_tracking_probe_accepts_any_http_answer_and_refuses_silence() -> None:
 def test_nonfinite_message_blames_the_sum_when_every_term_is_finite() -> None:
     from distill.trainer import nonfinite_message
 
-    assert "non-finite term(s): ssim=inf" in nonfinite_message("teacher", float("inf"), 7, {"l1": 0.1, "ssim": float("inf")})
+    assert "non-finite term(s): ssim=inf" in nonfinite_message("teacher", float("inf"), 7,
+                                                               {"l1": 0.1, "ssim": float("inf")})
     line = nonfinite_message("student", float("inf"), 3, {"l1": 3e38, "kd_output": 3e38})
     assert "at step 3" in line and "every term is finite; their weighted sum overflowed" in line

@@ -40,7 +40,8 @@ def _quality_lines(q: dict[str, dict[str, Any]]) -> list[str]:
     full = all({"psnr_drop_db", "size_kb", "latency_ms"} <= set(m) for m in q.values())
     if not full:
         lines = ["| model | PSNR dB | SSIM | parity vs PyTorch dB |", "|---|---|---|---|"]
-        return lines + [f"| {v} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} |" for v, m in q.items()]
+        return lines + [f"| {v} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} |"
+                        for v, m in q.items()]
     lines = ["| model | PSNR dB | SSIM | parity vs PyTorch dB | drop vs fp32 dB | size KB | latency ms |",
              "|---|---|---|---|---|---|---|"]
     return lines + [f"| {v} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | {m['psnr_drop_db']:.3f} "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,21 +32,23 @@ from onnx import helper, numpy_helper
 REWRITABLE_OPS = ("PRelu", "HardSwish", "Clip", "Max", "Min", "Relu")
 FUSING_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Add", "Sub", "Mul", "Gemm", "MatMul"})
 RELU6 = (0.0, 6.0)
+_FLOAT32 = np.dtype(np.float32)
 
 
 class _Builder:
     """Appends nodes/initializers with names unique to one rewrite (``{prefix}/...``)."""
 
     def __init__(self, graph: onnx.GraphProto, prefix: str) -> None:
-        self.graph, self.prefix, self.nodes, self.count = graph, prefix, [], 0
+        self.graph, self.prefix, self.count = graph, prefix, 0
+        self.nodes: list[onnx.NodeProto] = []
 
-    def const(self, value: float | np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> str:
+    def const(self, value: float | np.ndarray, dtype: np.dtype = _FLOAT32) -> str:
         name = f"{self.prefix}/c{self.count}"
         self.count += 1
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         out = output or f"{self.prefix}/t{self.count}"
         self.count += 1
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{self.prefix}/{op_type}{self.count}",
@@ -120,6 +123,7 @@ def _rewrite_node(node: onnx.NodeProto, graph: onnx.GraphProto, values: dict[str
         elif lo is not None:  # lo + relu(x - lo)
             b.op("Add", [b.relu(b.op("Sub", [x, b.const(lo)])), b.const(lo)], y)
         else:  # hi - relu(hi - x)
+            assert hi is not None  # lo is None here, and (None, None) returned above
             b.op("Sub", [b.const(hi), b.relu(b.op("Sub", [b.const(hi), x]))], y)
     elif node.op_type in ("Max", "Min"):  # (a + c +- |a - c|) / 2
         if len(node.input) != 2:

@@ -19,7 +19,7 @@ import numpy as np
 # op -> (input, weight, bias) operand positions of the ops whose bias scale must be input x weight scale
 BIASED_OPS = {"CONV_2D": (0, 1, 2), "DEPTHWISE_CONV_2D": (0, 1, 2), "FULLY_CONNECTED": (0, 1, 2),
               "TRANSPOSE_CONV": (2, 1, 3)}
-BIAS_DTYPES = {2: np.int32, 4: np.int64}  # schema TensorType INT32, INT64
+BIAS_DTYPES: dict[int, type[np.signedinteger[Any]]] = {2: np.int32, 4: np.int64}  # schema TensorType INT32, INT64
 INT8 = 9  # schema TensorType INT8
 XNNPACK_MAX_REQUANT = 256.0  # XNNPACK rejects a quantized conv whose input x weight / output scale is not below this
 XNNPACK_LRELU_ONE = 256  # XNNPACK's QS8 leaky ReLU multipliers are round(256 * ratio): 8 fractional bits

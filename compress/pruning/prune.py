@@ -87,7 +87,8 @@ def ignored_layers(model: nn.Module) -> list[nn.Module]:
     modules = dict(model.named_modules())
     if names is not None:
         return [modules[n] for n in names]
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, ShuffleChainStandIn))]
+    convs: list[nn.Module] = [m for m in model.modules()
+                              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, ShuffleChainStandIn))]
     return convs[-1:]
 
 

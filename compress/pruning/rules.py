@@ -1,8 +1,8 @@
 """Pruning rules for blocks torch-pruning cannot trace channel by channel.
 
-**Channel-coupled blocks.**  A block that mixes spatial positions through reshapes and matrix products (self-attention) makes
-torch-pruning's index mapping walk every ``reshape``/``transpose``/``bmm`` inside it (AA-UNet at
-width 8: 110 s to list the groups, against 0.04 s for the same U-Net without attention), and it does
+**Channel-coupled blocks.**  A block that mixes spatial positions through reshapes and matrix products
+(self-attention) makes torch-pruning's index mapping walk every ``reshape``/``transpose``/``bmm`` inside it
+(AA-UNet at width 8: 110 s to list the groups, against 0.04 s for the same U-Net without attention), and it does
 not tie the query and key widths anyway.  Such a block instead declares itself *channel-coupled*:
 
 * ``coupled_channels`` (int): its input and output width, which stay equal (a residual block);
@@ -25,11 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+
+class CoupledBlock(Protocol):
+    """What a channel-coupled block provides (see the module docstring)."""
+
+    @property
+    def coupled_channels(self) -> int: ...
+
+    def remove_channels(self, idxs: list[int]) -> None: ...
 
 
 def _is_coupled(module: nn.Module) -> bool:
@@ -38,6 +47,8 @@ def _is_coupled(module: nn.Module) -> bool:
 
 class CoupledStandIn(nn.Module):
     """Pass-through leaf standing in for a channel-coupled block during tracing and pruning."""
+
+    block: CoupledBlock
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
@@ -71,6 +82,10 @@ CHAIN_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.Ha
 
 class ShuffleChainStandIn(nn.Module):
     """Runs ``shuffle(members(conv(x)))`` as one leaf whose out-channels are the shuffled channels."""
+
+    conv: nn.Conv2d
+    members: list[nn.Module]
+    upscale: int
 
     def __init__(self, conv: nn.Conv2d, members: Sequence[nn.Module], upscale: int) -> None:
         super().__init__()
@@ -161,14 +176,14 @@ def shuffle_chains_as_leaves(model: nn.Module, example_input: torch.Tensor) -> I
     conv's path (so ``prune_ignore`` naming that conv still fixes its shuffled output); yields those paths."""
     found = []
     for parent, names, _shuffle in _candidate_chains(model):
-        members = [parent._modules[n] for n in names]
+        members = cast("list[nn.Module]", [parent._modules[n] for n in names])  # all set: found by isinstance
         if _feeds_in_order(model, members, example_input):
             found.append((parent, names, members))
     paths = {id(m): n for n, m in model.named_modules()}
     wrapped = [paths[id(members[0])] for _, _, members in found]
     try:
         for parent, names, members in found:
-            conv, middle, shuffle = members[0], members[1:-1], members[-1]
+            conv, middle, shuffle = cast(nn.Conv2d, members[0]), members[1:-1], cast(nn.PixelShuffle, members[-1])
             setattr(parent, names[0], ShuffleChainStandIn(conv, middle, shuffle.upscale_factor))
             for name in names[1:]:
                 setattr(parent, name, nn.Identity())
@@ -179,7 +194,8 @@ def shuffle_chains_as_leaves(model: nn.Module, example_input: torch.Tensor) -> I
                 setattr(parent, name, module)
 
 
-CUSTOMIZED_PRUNERS = {CoupledStandIn: ChannelCoupledPruner(), ShuffleChainStandIn: ShuffleChainPruner()}
+CUSTOMIZED_PRUNERS: dict[type[nn.Module], tp.pruner.function.BasePruningFunc] = {
+    CoupledStandIn: ChannelCoupledPruner(), ShuffleChainStandIn: ShuffleChainPruner()}
 """``customized_pruners`` for torch-pruning while the stand-ins of this module are in place."""
 
 

@@ -26,7 +26,7 @@ def layer_sensitivity(model: nn.Module, example_input: torch.Tensor, score: Scor
     target = target or PruneTarget(ratio=ratio)
     base = score(model)
     base_macs = count_macs(model, tuple(example_input.shape))
-    rows = []
+    rows: list[dict[str, float | str]] = []
     for name in prunable_layers(model, example_input):
         trial = copy.deepcopy(model)
         _prune_once(trial, example_input, target.model_copy(update={"layer_ratios": {name: ratio}}), 0.0, grad_fn)

@@ -132,7 +132,7 @@ def activation_dtypes(onnx_path: Path) -> set[str]:
 
     model = onnx.load(str(onnx_path))
     zero_points = {i.name: i.data_type for i in model.graph.initializer}
-    names = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16",
-             onnx.TensorProto.UINT16: "uint16"}
+    names: dict[int | None, str] = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
+                                    onnx.TensorProto.INT16: "int16", onnx.TensorProto.UINT16: "uint16"}
     return {names.get(zero_points.get(n.input[2]), "?") for n in model.graph.node
             if n.op_type == "QuantizeLinear" and len(n.input) > 2}

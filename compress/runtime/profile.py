@@ -12,7 +12,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates for one forward pass at ``input_shape`` (NCHW)."""
     was_training = model.training
     model.eval()

@@ -293,7 +293,8 @@ def measure_receptive_field(
 
         reference = run(base[None])[0]
 
-        def unchanged(radius: int) -> bool:
+        def unchanged(radius: int, base: np.ndarray = base, other: np.ndarray = other,
+                      reference: np.ndarray = reference) -> bool:
             moved = np.where(distance > radius, other, base)[None]
             return bool(np.abs(run(moved)[0] - reference).max() <= atol)
 

@@ -74,7 +74,8 @@ def skimage_data_dir() -> Path:
     return Path(str(importlib.resources.files("skimage.data")))
 
 
-def _target_size(height: int, width: int, max_side: int | None, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def _target_size(height: int, width: int, max_side: int | None,
+                 multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(resized h, w) and (cropped h, w): longer side <= max_side, then cut to ``multiple``."""
     scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
     rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
@@ -87,6 +88,7 @@ def _photo(name: str, max_side: int | None, multiple: int) -> np.ndarray:
     path = skimage_data_dir() / PHOTO_FILES[name]
     if not path.is_file():
         raise DataError(f"embedded photo {name!r} is missing from the scikit-image install ({path})")
+    img: Image.Image
     with Image.open(path) as img:
         img = img.convert("RGB")
         (rh, rw), (ch, cw) = _target_size(img.height, img.width, max_side, multiple)
@@ -134,9 +136,9 @@ def load_embedded(
     """RAW/sRGB pairs from the bundled photos: ``train`` (7 photos) or ``eval`` (2 held-out photos).
 
     One sensor (colour matrix) per seed; each photo gets its own white balance, exposure and noise from
-    ``np.random.default_rng([seed, i])`` with ``i`` its position in ``PHOTO_FILES``, so a photo's RAW does not depend on which split or subset is loaded
-    and the same seed always gives bit-identical arrays.  Training photos are cut to even sizes,
-    held-out ones to multiples of ``EVAL_MULTIPLE`` RGB pixels.
+    ``np.random.default_rng([seed, i])`` with ``i`` its position in ``PHOTO_FILES``, so a photo's RAW does not
+    depend on which split or subset is loaded and the same seed always gives bit-identical arrays.  Training
+    photos are cut to even sizes, held-out ones to multiples of ``EVAL_MULTIPLE`` RGB pixels.
     """
     if split not in ("train", "eval"):
         raise DataError(f"embedded data has splits 'train' and 'eval'; got {split!r}")

@@ -196,7 +196,8 @@ def _shown(paths: list[Path]) -> str:
     return names + (f", ... ({len(paths) - _SHOWN} more)" if len(paths) > _SHOWN else "")
 
 
-def _match(raws: dict[str, Path], rgbs: dict[str, Path], raw_folder: Path, rgb_folder: Path) -> list[tuple[str, Path, Path]]:
+def _match(raws: dict[str, Path], rgbs: dict[str, Path], raw_folder: Path,
+           rgb_folder: Path) -> list[tuple[str, Path, Path]]:
     only_raw = [p for stem, p in raws.items() if stem not in rgbs]
     only_rgb = [p for stem, p in rgbs.items() if stem not in raws]
     if only_raw or only_rgb:
@@ -303,5 +304,6 @@ def load_dataset(
     accepted = set(inspect.signature(loader).parameters) - set(args)
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise DataError(f"{kind} data does not take option(s) {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        raise DataError(f"{kind} data does not take option(s) {', '.join(unknown)}; "
+                        f"it takes {', '.join(sorted(accepted))}")
     return loader(**args, **options)

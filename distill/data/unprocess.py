@@ -70,7 +70,7 @@ class CameraModel:
         log_shot = float(rng.uniform(np.log(0.0001), np.log(0.012)))
         log_read = 2.18 * log_shot + 1.20 + float(rng.normal(0.0, 0.26))
         return cls(
-            rgb_to_cam=tuple(tuple(float(v) for v in row) for row in rgb_to_cam),
+            rgb_to_cam=tuple((float(r), float(g), float(b)) for r, g, b in rgb_to_cam),
             red_gain=red_gain,
             blue_gain=blue_gain,
             rgb_gain=rgb_gain,

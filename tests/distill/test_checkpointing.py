@@ -73,7 +73,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path: Path) -> No
 
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(Crash):
-        train(_fresh(), Pairs(), SPEC, seed=4, log=crash_at_step_7, checkpoint_path=ckpt, checkpoint_extra={"run": "r1"})
+        train(_fresh(), Pairs(), SPEC, seed=4, log=crash_at_step_7, checkpoint_path=ckpt,
+              checkpoint_extra={"run": "r1"})
     state = load_checkpoint(ckpt)
     assert state["step"] == 6 and state["extra"]["run"] == "r1"
 

@@ -67,7 +67,8 @@ def test_adapter_is_identity_for_equal_shapes_and_a_1x1_conv_plus_resize_otherwi
 
 def test_shape_check_lists_both_paths_and_shapes() -> None:
     pair = FeaturePair("up2", "up1")
-    with pytest.raises(AdapterError, match=r"student 'up2' \(1, 8, 32, 64\) vs teacher 'up1' \(1, 16, 32, 32\).*aspect"):
+    with pytest.raises(AdapterError,
+                       match=r"student 'up2' \(1, 8, 32, 64\) vs teacher 'up1' \(1, 16, 32, 32\).*aspect"):
         build_adapters([pair], {"up2": torch.zeros(1, 8, 32, 64)}, {"up1": torch.zeros(1, 16, 32, 32)})
     with pytest.raises(AdapterError, match=r"\(1, 8\) vs teacher 'up1'.*\(N, C, H, W\)"):
         build_adapters([pair], {"up2": torch.zeros(1, 8)}, {"up1": torch.zeros(1, 16, 32, 32)})

@@ -33,7 +33,8 @@ def test_iterative_pruning_to_a_macs_budget_with_sensitivity(tmp_path: Path) -> 
     metrics = runs["prune"].data.metrics
     assert metrics["macs_reduction"] >= 0.4
     assert metrics["round1_macs"] > metrics["round2_macs"]  # two rounds, each pruning further
-    assert {"round1_psnr", "round2_psnr", "round1_psnr_pruned", "sensitivity_max_drop_db", "psnr_drop_db"} <= set(metrics)
+    assert {"round1_psnr", "round2_psnr", "round1_psnr_pruned", "sensitivity_max_drop_db",
+            "psnr_drop_db"} <= set(metrics)
     folder = outcomes[-1].result.model.parent
     table = json.loads((folder / "sensitivity.json").read_text())
     assert {row["layer"] for row in table} == {"conv1", "conv2"}  # conv3 feeds the RGB pixel shuffle

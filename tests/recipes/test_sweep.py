@@ -27,7 +27,8 @@ def write(tmp_path: Path, sweep: str) -> Path:
 
 
 def test_grid_and_zip_expansion(tmp_path: Path) -> None:
-    recipe, path = load_recipe(write(tmp_path, "sweep: {prune.ratio: [0.25, 0.5, 0.75], student.config.width: [4, 8]}\n"))
+    recipe, path = load_recipe(write(tmp_path,
+                                     "sweep: {prune.ratio: [0.25, 0.5, 0.75], student.config.width: [4, 8]}\n"))
     points = expand_sweep(recipe, path)
     assert len(points) == 6
     assert [(p.recipe.prune.ratio, p.recipe.student.config["width"]) for p in points][:3] == [

@@ -25,7 +25,8 @@ def _run(recipe: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
 
 
 def test_pynet_level_wise_schedule_trains_every_level_from_the_previous_one(tmp_path: Path) -> None:
-    levels = "[" + ",".join(f"{{level: {k}, train: {{steps: 2, batch_size: 1, lr: 0.01}}}}" for k in range(5, -1, -1)) + "]"
+    levels = "[" + ",".join(f"{{level: {k}, train: {{steps: 2, batch_size: 1, lr: 0.01}}}}"
+                            for k in range(5, -1, -1)) + "]"
     outputs, metrics = _run("pynet_teacher", tmp_path, f"teacher.levels={levels}", "teacher.config.width=0.0625")
     for k in range(6):
         assert f"level{k}_psnr" in metrics and f"level{k}_train_loss" in metrics

@@ -53,7 +53,8 @@ def test_slim_plus_saves_exactly_the_upsampling_convs() -> None:
     (1.0, False, 32), (1.0, True, 64), (0.75, False, 24), (0.5, False, 16), (0.3, False, 8), (0.05, False, 8),
     (0.125, True, 8),
 ])
-def test_width_rounds_level1_channels_to_a_multiple_of_four_at_least_eight(width: float, slim: bool, expected: int) -> None:
+def test_width_rounds_level1_channels_to_a_multiple_of_four_at_least_eight(width: float, slim: bool,
+                                                                           expected: int) -> None:
     assert pv2.level1_channels(width, slim) == expected
 
 

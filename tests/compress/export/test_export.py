@@ -25,7 +25,7 @@ from distill.metrics import PSNR_CAP_DB, psnr_db
 from students import create_student
 from teachers import create_teacher
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHAPE = (1, 4, 32, 32)  # packed RAW; 64x64 sRGB out
 RAW_MAX = 0.5  # calibration and test frames span [0, 0.5]: an INT8 input scale of 0.5/255 proves they were used
 
@@ -165,7 +165,8 @@ def test_calibration_must_match_the_model_input(smallnet_onnx: Path, tmp_path: P
 
 
 def test_converter_modules_import_without_tensorflow() -> None:
-    code = ("import sys, compress.export.tflite, compress.runtime.parity, compress.runtime.latency, compress.export.onnx_export; "
+    code = ("import sys, compress.export.tflite, compress.runtime.parity, compress.runtime.latency, "
+            "compress.export.onnx_export; "
             "assert 'tensorflow' not in sys.modules and 'onnx2tf' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -183,11 +183,12 @@ def test_int8_with_a_dead_unit_runs_on_xnnpack(trap_variants: dict[str, Path], v
     import sys
 
     # the degenerate output scale made XNNPACK abort the process, so it runs in a child
-    code = ("import sys, numpy as np; from compress.runtime.xnnpack import xnnpack_report; from compress.runtime.parity import "
+    code = ("import sys, numpy as np; from compress.runtime.xnnpack import xnnpack_report; "
+            "from compress.runtime.parity import "
             "run_tflite; print(xnnpack_report(sys.argv[1])['partitions']); "
             "print(float(np.abs(run_tflite(sys.argv[1], np.full((1, 4, 16, 16), 0.5, np.float32))).max()))")
     done = subprocess.run([sys.executable, "-c", code, str(trap_variants[variant])], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=300)
+                          cwd=Path(__file__).resolve().parents[3], timeout=300)
     assert done.returncode == 0, done.stderr[-500:]
     assert int(done.stdout.splitlines()[-2]) >= 1  # XNNPACK took (part of) the graph
     assert float(done.stdout.splitlines()[-1]) > 0.5
