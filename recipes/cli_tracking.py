@@ -133,7 +133,7 @@ def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir
     def on_point(point: Any) -> None:
         print(f"point {point.index}: {point.label}", flush=True)
 
-    sweep_id, results = run_sweep(recipe, path, workdir, args.tracking_uri, use_cache=not args.no_cache,
+    sweep_id, results = run_sweep(recipe, path, workdir, tracking_uri=args.tracking_uri, use_cache=not args.no_cache,
                                   on_stage=progress, on_point=on_point)
     uri = args.tracking_uri or default_tracking_uri(workdir)
     comparison = compare_runs(uri, experiments=[recipe.name], parent=sweep_id)

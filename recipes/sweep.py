@@ -27,16 +27,10 @@ class PointResult:
     outcomes: list[StageOutcome]
 
 
-def run_sweep(
-    recipe: Recipe,
-    recipe_path: Path,
-    workdir: Path,
-    tracking_uri: str | None = None,
-    use_cache: bool = True,
-    on_stage: Callable[[StageOutcome], None] | None = None,
-    on_point: Callable[[SweepPoint], None] | None = None,
-    compare_out: Path | None = None,
-) -> tuple[str, list[PointResult]]:
+def run_sweep(recipe: Recipe, recipe_path: Path, workdir: Path, *, tracking_uri: str | None = None,
+              use_cache: bool = True, on_stage: Callable[[StageOutcome], None] | None = None,
+              on_point: Callable[[SweepPoint], None] | None = None,
+              compare_out: Path | None = None) -> tuple[str, list[PointResult]]:
     """Run every point as a nested run of one sweep run; afterwards the trade-off table and Pareto plots
     (``recipes.compare``) are written to ``compare_out`` (default ``<workdir>/compare``) and logged on
     the sweep run.  Returns the sweep run id and one result per point."""
