@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PLUGIN_STAMP := $(VENV)/.example-plugin
 CONSTRAINT := $(VENV)/constraints.txt
 
 .PHONY: demo test venv clean browser
@@ -20,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ispdc run quickstart --workdir runs/quickstart
 
+# The example plugin package (a team's own models, examples/acme_isp) is installed for the suite only.
+$(PLUGIN_STAMP): $(STAMP) examples/acme_isp/pyproject.toml
+	$(BIN)/pip install -q --no-deps -e examples/acme_isp
+	touch $(PLUGIN_STAMP)
+
 # Lint and type-check first (seconds), then the suite: a new violation fails CI like a failing test.
-test: $(STAMP) browser
+test: $(STAMP) $(PLUGIN_STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                      "itself under torchrun (DDP; gloo on CPU, nccl on CUDA); batch_size is the global batch")
 
     cli_tracking.add_commands(sub)  # compare, register, alias, handoff --from-registry
-    sub.add_parser("list", help="built-in recipes, teachers and students")
+    sub.add_parser("list", help="built-in recipes, teachers and students (with the plugin that adds each)")
     cli_bundle.add_commands(sub)  # process (camera file through a bundle), verify (bundle check)
     return parser
 
@@ -66,23 +66,31 @@ def _summary(outcomes: list[Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command == "list":
-        return _list()
     if args.command in ("process", "verify"):
         return cli_bundle.run_command(args)
     if args.command in ("compare", "register", "alias", "handoff"):
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         return cli_tracking.run_command(args)
-    return _run_or_validate(args, argv)
+    # the commands below look models up: a broken or clashing plugin is one line, exit 2
+    from teachers.registry import PluginError
+
+    try:
+        if args.command == "list":
+            return _list()
+        return _run_or_validate(args, argv)
+    except PluginError as exc:
+        return fail(str(exc), EXIT_BAD_INPUT)
 
 
 def _list() -> int:
+    """Built-in recipes, then every teacher and student with where it comes from when not the zoo."""
     from recipes.loader import builtin_recipes
-    from teachers.registry import STUDENTS, TEACHERS
+    from teachers.registry import STUDENTS, TEACHERS, ZOO
 
     print("recipes: ", ", ".join(sorted(builtin_recipes())))
-    print("teachers:", ", ".join(TEACHERS.names()))
-    print("students:", ", ".join(STUDENTS.names()))
+    for label, registry in (("teachers:", TEACHERS), ("students:", STUDENTS)):
+        names = [n if registry.origin(n) == ZOO else f"{n} ({registry.origin(n)})" for n in registry.names()]
+        print(label, ", ".join(names))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""ACME's learned ISP models, usable in ispdc through the ``ispdc.models`` entry point."""
