@@ -74,17 +74,18 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[
     return [line(header), "|" + "|".join(align or ["---"] * len(header)) + "|", *(line(r) for r in rows)]
 
 
-def publish(name: str, heading: str, intro: str, rows: list[str], result: dict) -> None:
-    """``benchmarks/results/<name>.json`` + the ``<!-- name:begin/end -->`` section of the docs page."""
+def publish(name: str, heading: str, intro: str, rows: list[str], result: dict, doc: Path = DOC) -> None:
+    """``benchmarks/results/<name>.json`` + the ``<!-- name:begin/end -->`` section of the docs page ``doc``
+    (``docs/benchmarks.md`` unless a benchmark's table belongs on another page)."""
     path = ROOT / "benchmarks" / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = "\n".join([begin, intro, "", *rows, end])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     if begin in text:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
-    DOC.write_text(text)
+    doc.write_text(text)

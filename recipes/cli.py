@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recipes import cli_bundle, cli_tracking
+from recipes import cli_bundle, cli_check, cli_tracking
 from recipes.cli_common import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, fail
 
 __all__ = ["main", "EXIT_BAD_INPUT", "EXIT_STAGE_FAILED"]
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_tracking.add_commands(sub)  # compare, register, alias, handoff --from-registry
     sub.add_parser("list", help="built-in recipes, teachers and students (with the plugin that adds each)")
     cli_bundle.add_commands(sub)  # process (camera file through a bundle), verify (bundle check)
+    cli_check.add_commands(sub)  # check-model: a model against every stage, before training
     return parser
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("compare", "register", "alias", "handoff"):
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         return cli_tracking.run_command(args)
+    if args.command in cli_check.COMMANDS:
+        return cli_check.run_command(args)
     # the commands below look models up: a broken or clashing plugin is one line, exit 2
     from teachers.registry import PluginError
 

@@ -44,7 +44,8 @@ HEAVY_WRAPPERS = {
                                  "native-library warnings, so a recipe loads it only when it asks for QAT",
 }
 """Project modules built on a heavy optional library at their top, imported where they are used."""
-LAZY_PROJECT_IMPORTS = {"recipes/cli.py", "recipes/cli_tracking.py", "recipes/cli_bundle.py"}
+LAZY_PROJECT_IMPORTS = {"recipes/cli.py", "recipes/cli_tracking.py", "recipes/cli_bundle.py",
+                        "recipes/cli_check.py"}
 """Command dispatch: each command imports only the modules it runs, so the CLI starts fast."""
 MAX_LINES = 400
 PAPER_MODELS = {"teachers/pynet.py", "teachers/aaunet.py", "students/pynetv2.py"}

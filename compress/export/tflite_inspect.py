@@ -42,9 +42,14 @@ def tflite_ops(path: Path) -> list[str]:
     return [name for name, _ in _op_codes(path)]
 
 
+def non_builtin_ops(path: Path) -> list[str]:
+    """The distinct Flex (TF Select) and custom ops of ``path``, sorted; [] for a builtin-only model."""
+    return sorted({name for name, builtin in _op_codes(path) if not builtin})
+
+
 def assert_builtin_only(path: Path) -> None:
     """Raise ``NonBuiltinOpError`` if ``path`` uses Flex or custom ops."""
-    others = sorted({name for name, builtin in _op_codes(path) if not builtin})
+    others = non_builtin_ops(path)
     if others:
         raise NonBuiltinOpError(f"{path} uses non-builtin ops {others}: stock TFLite runtimes and delegates "
                                 f"cannot run them")

@@ -6,6 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from compress.model_contract import quick_contract_findings
 from distill.checkpointing import CheckpointError
 from distill.data.bayer import PATTERNS
 from distill.losses import LOSSES
@@ -75,6 +76,15 @@ class ModelBlock(Strict):
         if name not in registry:
             raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
         return name
+
+    @model_validator(mode="after")
+    def _meets_the_contract(self) -> ModelBlock:
+        """The model built with this config gives the declared output shape (run on the meta device: no
+        weights, milliseconds), so a plugin model that breaks the contract fails here, not after training."""
+        findings = quick_contract_findings(self.family, self.model, self.config)
+        if findings:
+            raise ValueError("; ".join(findings) + " (ispdc check-model tells every stage's view)")
+        return self
 
 
 class LevelSpec(Strict):

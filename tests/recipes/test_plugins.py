@@ -122,3 +122,18 @@ def test_a_plugin_teacher_checkpoint_is_checked_against_the_model(tmp_path: Path
     assert recipe.teacher is not None and recipe.teacher.checkpoint == good
     with pytest.raises(RecipeError, match=r"recipe.yaml: teacher.checkpoint: .*other.pt"):
         load_recipe(ACME_RECIPE, TINY + [f"teacher.checkpoint={wrong}"])
+
+
+def test_validate_reports_a_contract_violation_before_anything_runs(tmp_path: Path) -> None:
+    from recipes.api import register_models
+
+    one_x = lambda: nn.Sequential(nn.Conv2d(4, 3, 3, padding=1))  # noqa: E731  (1x output; RAW -> RGB is 2x)
+    register_models(STUDENTS, {"one_x_student": one_x})
+    try:
+        path = tmp_path / "bad.yaml"
+        path.write_text("name: bad\nstudent: {model: one_x_student}\n")
+        with pytest.raises(RecipeError, match=r"bad.yaml: student: .*student 'one_x_student': .*output"):
+            load_recipe(path)
+    finally:
+        for table in (STUDENTS._factories, STUDENTS._info, STUDENTS._origins):
+            table.pop("one_x_student", None)
