@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from compress.bundle.card import input_size_section
-from compress.bundle.write import render_readme
+from compress.bundle.readme import render_readme
 from recipes.loader import RecipeError, load_recipe
 from recipes.runner import StageError, run_recipe
 from recipes.schema import DEFAULT_MAX_DROP_DB, QuantizeStage
