@@ -1,2 +1,5 @@
-"""Data, losses, metrics and training loops for distilling learned ISPs."""
-from teachers import torch_compat  # noqa: F401  (first: torchvision on CPU torch, see that module)
+"""Data, losses, metrics and training loops for distilling learned ISPs.
+
+Nothing is imported here, so ``distill.data`` (the camera-file readers ``ispdc process`` uses) loads
+without torch; the modules that import torchmetrics import ``teachers.torch_compat`` first.
+"""

@@ -5,6 +5,9 @@ names fail with the list of known ones.
 """
 from __future__ import annotations
 
+import teachers.torch_compat  # noqa: F401  (before torchmetrics: torchvision on CPU torch, see that module)
+
+# isort: split
 from collections.abc import Callable
 from typing import cast
 

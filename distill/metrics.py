@@ -8,6 +8,9 @@ arrays, and ``centre_crop_pair`` cuts the held-out region every stage and benchm
 """
 from __future__ import annotations
 
+import teachers.torch_compat  # noqa: F401  (before torchmetrics: torchvision on CPU torch, see that module)
+
+# isort: split
 from collections.abc import Sequence
 from typing import TypeVar, cast
 

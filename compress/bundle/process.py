@@ -1,9 +1,11 @@
-"""``ispdc process`` and ``ispdc verify``: run a hand-off bundle on a real camera file, check a bundle.
+"""``ispdc process``: run a hand-off bundle on a real camera file, the way the bundle's ``run_model.py`` does.
 
-``process`` reads the file (``distill.data.camera``), packs the mosaic with the *file's* CFA pattern
-into the channel order the model card names (so a GRBG sensor feeds a model trained on RGGB data the
-same colours per channel), runs the bundle's ``model.tflite`` tile by tile (``compress.runtime.tiling``) and
-writes an 8-bit sRGB PNG the size of the (even-cropped) mosaic.
+Everything after reading camera RAW is the bundle's own runner (``compress.bundle.reference_runner``,
+shipped as ``run_model.py``): reading mosaics and packed RAW, the model-hash refusal, the choice of tile
+or frame model, tiling and the image writer.  So ``ispdc process`` and ``python run_model.py`` give the
+same PNG for the same input, byte for byte.  Only camera RAW (DNG, CR2, ...) is read here, through
+LibRaw (``distill.data.camera``): the mosaic is packed with the *file's* CFA pattern, so a GRBG sensor
+feeds a model trained on RGGB data the same colours per channel.
 """
 from __future__ import annotations
 
@@ -13,59 +15,50 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from compress.bundle.verify import BundleError, load_card
-from compress.runtime.tiling import (
-    DEFAULT_BLEND,
-    TFLITE_TILES_PER_CALL,
-    measure_receptive_field,
-    plan_tiles,
-    tflite_runner,
-    tiled_inference,
-)
-from distill.data.bayer import PACKED_ORDER, pack_bayer
+from compress.bundle.reference_runner import Rendered, load_card, read_input, render
+from distill.data.bayer import pack_bayer
 from distill.data.camera import read_bayer
-
-PNG_COMPRESS_LEVEL = 1  # zlib level: 12 MP at the default 6 takes ~15 s to write here, at 1 ~4x less
+from distill.data.rawio import ARRAY_SUFFIXES, MOSAIC_SUFFIXES, check_output, write_image
 
 
 @dataclass
 class ProcessResult:
-    """What ``process_file`` did, for the CLI's report and for tests."""
+    """What ``process_file`` did, for the CLI's report, tests and the speed benchmark."""
 
     output: Path
     info: dict[str, Any]
     model_pattern: str
-    tile: tuple[int, int]
-    tiles: int
-    overlap: int
-    overlap_source: str
-    blend: int
-    threads: int
+    run: Rendered  # which model, tiles, overlap, blend, threads, interpreter time (its image is written and dropped)
     seconds: float
-    image_size: tuple[int, int]  # (H, W) of the written PNG
+    image_size: tuple[int, int]  # (H, W) of the written image
     stats: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # read, tiles, invoke (inside tiles), write
 
     def report(self) -> str:
         info = self.info
-        lines = [
-            f"input   : {info['path']} ({info['format']}), {info['file_size'][1]}x{info['file_size'][0]} pixels, "
-            f"CFA {info['pattern']}, black {_levels(info['black'])}, white {info['white']:g}",
-        ]
-        if info.get("cropped"):
-            lines.append(f"          {info['cropped']}")
-        if info.get("pattern_override"):
-            lines.append(f"          {info['pattern_override']}")
-        if info["pattern"] != self.model_pattern:
+        size = f"{info['file_size'][1]}x{info['file_size'][0]} pixels"
+        if info.get("pattern"):
+            what = f"{size}, CFA {info['pattern']}"
+        else:
+            what = f"packed RAW of {size}, channels {','.join(info['channel_order'])}"
+        lines = [f"input   : {info['path']} ({info['format']}), {what}, black {_levels(info['black'])}, "
+                 f"white {info['white']:g}"]
+        lines += [f"          {note}" for note in (info.get("cropped"), info.get("pattern_override"),
+                                                   *info.get("notes", [])) if note]
+        if info.get("pattern") and info["pattern"] != self.model_pattern:
             lines.append(f"          packed as {info['pattern']} into the model's channels (trained on "
                          f"{self.model_pattern} data): same colour per channel")
+        run, t = self.run, self.timings
+        if run.warning:
+            lines.append(f"          {run.warning}")
         lines += [
-            f"model   : {self.tiles} tiles of {self.tile[1]}x{self.tile[0]} packed pixels, overlap {self.overlap} "
-            f"({self.overlap_source}), blend {self.blend}, {self.threads} thread(s)",
+            f"model   : {run.model}: {run.tiles} tiles of {run.tile[1]}x{run.tile[0]} packed pixels, overlap "
+            f"{run.overlap} ({run.overlap_source}), blend {run.blend}, {run.threads} thread(s)",
             f"output  : {self.output} {self.image_size[1]}x{self.image_size[0]} sRGB, mean {self.stats['mean']:.3f}, "
             f"std {self.stats['std']:.3f}",
-            f"time    : {self.seconds:.2f} s",
+            f"time    : {self.seconds:.2f} s (read {t['read']:.2f}, tiles {t['tiles']:.2f} of which interpreter "
+            f"{t['invoke']:.2f}, write {t['write']:.2f})",
         ]
         return "\n".join(lines)
 
@@ -74,80 +67,45 @@ def _levels(black: list[float]) -> str:
     return f"{black[0]:g}" if len(set(black)) == 1 else "/".join(f"{b:g}" for b in black)
 
 
-def _channel_index(card: dict[str, Any], bundle: Path) -> list[int]:
-    """Positions in ``PACKED_ORDER`` of the card's channel order (the model's input channels)."""
-    order = (card.get("input") or {}).get("channel_order") or list(PACKED_ORDER)
-    if sorted(order) != sorted(PACKED_ORDER):
-        raise BundleError(f"{bundle}/model_card.json: input.channel_order {order} is not a permutation of "
-                          f"{list(PACKED_ORDER)}")
-    return [PACKED_ORDER.index(c) for c in order]
+def read_any(path: Path | str, pattern: str | None = None, black: float | None = None, white: float | None = None,
+             channel_order: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Any RAW file -> (packed ``(4, H, W)`` float32 in ``PACKED_ORDER``, info): camera RAW through LibRaw,
+    everything else through the bundle runner's reader."""
+    path = Path(path)
+    if path.suffix.lower() in (*MOSAIC_SUFFIXES, *ARRAY_SUFFIXES) or not path.is_file():
+        return read_input(path, pattern, black, white, channel_order)
+    mosaic, file_pattern, info = read_bayer(path, pattern, black, white)
+    info["notes"] = []
+    packed = np.ascontiguousarray(pack_bayer(mosaic, file_pattern).transpose(2, 0, 1))
+    return packed, info
 
 
 def process_file(
     input_path: Path | str, bundle: Path | str, output: Path | str, pattern: str | None = None,
     black: float | None = None, white: float | None = None, threads: int = 2, overlap: int | None = None,
-    blend: int | None = None,
+    blend: int | None = None, channel_order: str | None = None, model: str = "auto", allow_modified: bool = False,
 ) -> ProcessResult:
-    """Camera file -> 8-bit sRGB PNG through the bundle's TFLite model, in tiles.
+    """RAW file -> 8-bit sRGB image through the bundle, in tiles.
 
-    Bad input raises ``DataError`` (the camera file) or ``BundleError`` / ``ValueError`` (bundle, options).
+    Bad input raises ``DataError`` (the camera file), ``RawFileError`` or ``BundleError`` / ``ValueError``
+    (bundle, options, a model whose hash is not the card's).
     """
     bundle, output = Path(bundle), Path(output)
-    if output.suffix.lower() != ".png":
-        raise ValueError(f"{output}: the output is written as PNG; give a .png file name")
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {threads}")
+    check_output(output)
     card = load_card(bundle)
-    model_path = bundle / "model.tflite"
-    if not model_path.is_file():
-        raise BundleError(f"{bundle}: no model.tflite in the bundle")
-    channels = _channel_index(card, bundle)
     start = time.perf_counter()
-    mosaic, file_pattern, info = read_bayer(input_path, pattern, black, white)
-    packed = np.ascontiguousarray(pack_bayer(mosaic, file_pattern).transpose(2, 0, 1)[channels])
-    del mosaic
-    try:
-        model = tflite_runner(model_path, threads)
-    except ValueError as exc:
-        raise BundleError(f"{model_path}: cannot load the model ({exc})") from None
-    th, tw = model.tile
-    sizes = card.get("input_size") or {}
-    if overlap is not None:
-        source = "given"
-    elif isinstance(sizes.get("overlap"), int):
-        overlap = sizes["overlap"]
-        source = ("model card: receptive-field margin" if sizes.get("receptive_field_margin") is not None
-                  else "model card: global receptive field, tiling is approximate")
-    else:  # older cards: measure on the model itself
-        field_ = measure_receptive_field(model, model.tile, batch=model.batch)
-        if field_.bounded:
-            overlap, source = field_.margin, "measured receptive-field margin"
-        else:
-            overlap, source = min(th, tw) // 4, ("receptive field exceeds the tile (global pooling?): "
-                                                   "tile/4, tiling is approximate")
-    if overlap < 0:
-        raise ValueError(f"--overlap must be >= 0; got {overlap}")
-    room = min(th, tw) - 2 * overlap - 1  # the step between tiles must stay >= 1 pixel
-    if room < 0:
-        raise ValueError(f"--overlap {overlap} is too large for the model's {tw}x{th} input "
-                         f"(at most {(min(th, tw) - 1) // 2})")
-    if blend is None:
-        blend = sizes["blend"] if isinstance(sizes.get("blend"), int) else DEFAULT_BLEND
-    blend = min(blend, room)
-    tiles = plan_tiles(packed.shape[1], packed.shape[2], model.tile, overlap, blend).count
-    rgb = tiled_inference(packed, model, model.tile, overlap, blend=blend,
-                          batch=model.batch * max(1, TFLITE_TILES_PER_CALL // model.batch))
+    packed, info = read_any(input_path, pattern, black, white, channel_order)
+    read_s = time.perf_counter() - start
+    done = render(packed, bundle, card, model, threads, overlap, blend, allow_modified)
     del packed
-    np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: a 12 MP float image is 144 MB
-    rgb *= 255.0
-    rgb += 0.5
-    pixels = rgb.astype(np.uint8).transpose(1, 2, 0)
-    del rgb
     output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(output, compress_level=PNG_COMPRESS_LEVEL)
-    seconds = time.perf_counter() - start
+    write_start = time.perf_counter()
+    pixels = write_image(done.rgb, output)
+    done.rgb = np.empty((0, 0, 0), dtype=np.float32)  # written: 144 MB at 12 MP need not outlive this call
+    end = time.perf_counter()
     sample = pixels[::4, ::4]  # statistics for the report; a 1/16 sample is plenty and 16x cheaper
     stats = {"mean": float(sample.mean() / 255.0), "std": float(sample.std() / 255.0)}
+    timings = {"read": read_s, "tiles": done.tile_seconds, "invoke": done.invoke_seconds, "write": end - write_start}
     return ProcessResult(output=output, info=info, model_pattern=str((card.get("input") or {}).get("bayer_pattern")),
-                         tile=(th, tw), tiles=tiles, overlap=overlap, overlap_source=source, blend=blend,
-                         threads=threads, seconds=seconds, image_size=(pixels.shape[0], pixels.shape[1]), stats=stats)
+                         run=done, seconds=end - start, image_size=(pixels.shape[0], pixels.shape[1]), stats=stats,
+                         timings=timings)

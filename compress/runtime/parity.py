@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.runtime.tiling import dequantize_output, quantize_input
 from distill.metrics import psnr_db
-
-INTEGER_DTYPES = (np.int8, np.uint8, np.int16)
 
 
 def run_onnx(path: Path, x_nchw: np.ndarray) -> np.ndarray:
@@ -55,26 +54,10 @@ def run_tflite(path: Path, x_nchw: np.ndarray, num_threads: int = 2, builtin: bo
                          f"{tuple(x_nchw.shape)} does not fit (batch must be a multiple of {batch})")
     chunks = []
     for start in range(0, len(x), batch):
-        interpreter.set_tensor(inp["index"], _quantize(x[start : start + batch], inp))
+        interpreter.set_tensor(inp["index"], quantize_input(x[start : start + batch], inp))
         interpreter.invoke()
-        chunks.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+        chunks.append(dequantize_output(interpreter.get_tensor(out["index"]), out))
     return np.transpose(np.concatenate(chunks), (0, 3, 1, 2))
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.type not in INTEGER_DTYPES:
-        return x.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    if np.dtype(detail["dtype"]).type not in INTEGER_DTYPES:
-        return y.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 @torch.no_grad()

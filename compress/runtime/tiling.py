@@ -17,23 +17,27 @@ them in batches and blends the outputs back together:
   to exactly ``(3, 2H, 2W)``.
 * **memory**: tiles are cut, run and accumulated one batch at a time; only the padded input, the
   output image and a weight map at packed resolution are held (about 40 bytes per packed pixel).
+
+This module needs numpy alone (ai-edge-litert only when a ``TFLiteModel`` is built) and imports nothing
+of the project: every hand-off bundle ships a copy of it as ``ispdc_tiling.py`` beside ``run_model.py``,
+so an app team's runner and ``ispdc process`` tile with the same code.  The PyTorch adapters live in
+``compress.runtime.tiling_torch``.
 """
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-
-from compress.runtime.parity import run_tflite
 
 RunBatch = Callable[[np.ndarray], np.ndarray]  # (N, 4, h, w) float32 -> (N, 3, s*h, s*w) float32
 DEFAULT_BLEND = 8  # packed pixels of cross-fade between neighbouring tiles
-TFLITE_TILES_PER_CALL = 16  # tiles per run_tflite call: amortises building the interpreter
+TFLITE_TILES_PER_CALL = 16  # tiles gathered per run_batch call (the interpreter runs its own batch at a time)
+INTEGER_DTYPES = (np.int8, np.uint8, np.int16)
 
 
 class UnboundedReceptiveFieldError(ValueError):
@@ -194,30 +198,57 @@ def tiled_inference(
     return out
 
 
-# --------------------------------------------------------------------------- model adapters
+# --------------------------------------------------------------------------- TFLite adapter
 
 
-def torch_runner(model: nn.Module) -> RunBatch:
-    """``run_batch`` for a PyTorch model: eval mode, no autograd, on the model's device."""
-    model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-
-    @torch.no_grad()
-    def run(x: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float().cpu().numpy()
-
-    return run
+def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float tensor -> the model input's dtype; integer inputs with the model's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.type not in INTEGER_DTYPES:
+        return x.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-@dataclass(frozen=True)
+def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Model output -> float32; integer outputs with the model's own scale and zero point."""
+    if np.dtype(detail["dtype"]).type not in INTEGER_DTYPES:
+        return y.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
 class TFLiteModel:
-    """A fixed-shape TFLite model as a ``run_batch``: ``tile`` is its packed input size (h, w)."""
+    """A fixed-shape TFLite model as a ``run_batch`` (NCHW float in and out): ``tile`` is its packed
+    input size (h, w).  One interpreter serves every call: building one per call cost more than the
+    tiles themselves on small models.  ``invoke_seconds`` adds up the time spent in ``invoke``."""
 
-    path: Path
-    batch: int
-    tile: tuple[int, int]
-    num_threads: int = 2
+    def __init__(self, path: Path | str, num_threads: int = 2) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        shape = [int(d) for d in self.input["shape"]]
+        if len(shape) != 4 or shape[3] != 4:
+            raise ValueError(f"{self.path}: expected an NHWC packed-RAW input (batch, h, w, 4); got {shape}")
+        self.batch = shape[0]
+        self.tile = (shape[1], shape[2])
+        self.invoke_seconds = 0.0
+        self.invocations = 0
+
+    def run_nhwc(self, x: np.ndarray) -> np.ndarray:
+        """Exactly one model batch, float NHWC in, float NHWC out."""
+        self.interpreter.set_tensor(self.input["index"], quantize_input(x, self.input))
+        start = time.perf_counter()
+        self.interpreter.invoke()
+        self.invoke_seconds += time.perf_counter() - start
+        self.invocations += 1
+        return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Any number of tiles; the last group is filled up to the model's fixed batch and trimmed."""
@@ -225,32 +256,23 @@ class TFLiteModel:
         fill = (-n) % self.batch
         if fill:
             x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
-        return run_tflite(self.path, x, num_threads=self.num_threads)[:n]
+        nhwc = np.transpose(np.asarray(x, dtype=np.float32), (0, 2, 3, 1))
+        out = np.concatenate([self.run_nhwc(nhwc[i : i + self.batch]) for i in range(0, len(nhwc), self.batch)])
+        return np.transpose(out, (0, 3, 1, 2))[:n]
 
 
 def tflite_runner(path: Path | str, num_threads: int = 2) -> TFLiteModel:
-    """Read the model's NHWC input shape (batch, h, w, 4) so tiles match it."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = Path(path)
-    shape = [int(d) for d in Interpreter(model_path=str(path)).get_input_details()[0]["shape"]]
-    if len(shape) != 4:
-        raise ValueError(f"{path}: expected an NHWC image input; got input shape {shape}")
-    return TFLiteModel(path=path, batch=shape[0], tile=(shape[1], shape[2]), num_threads=num_threads)
+    """The model at ``path`` as a ``run_batch`` whose ``tile``/``batch`` are its fixed NHWC input."""
+    return TFLiteModel(path, num_threads)
 
 
-def tiled_tflite(packed: np.ndarray, model_path: Path | str, overlap: int, blend: int = DEFAULT_BLEND,
+def tiled_tflite(packed: np.ndarray, model: Path | str | TFLiteModel, overlap: int, blend: int = DEFAULT_BLEND,
                  num_threads: int = 2, align: int = 1) -> np.ndarray:
-    """``tiled_inference`` through a TFLite file at its own input size, several batches per call."""
-    model = tflite_runner(model_path, num_threads)
+    """``tiled_inference`` through a TFLite model at its own input size, several batches per call."""
+    if not isinstance(model, TFLiteModel):
+        model = TFLiteModel(model, num_threads)
     return tiled_inference(packed, model, model.tile, overlap, blend=blend,
                            batch=model.batch * max(1, TFLITE_TILES_PER_CALL // model.batch), align=align)
-
-
-def tiled_torch(packed: np.ndarray, model: nn.Module, tile: int | tuple[int, int], overlap: int,
-                blend: int = DEFAULT_BLEND, batch: int = 4, align: int = 1) -> np.ndarray:
-    """``tiled_inference`` through a PyTorch model (any tile size the model accepts)."""
-    return tiled_inference(packed, torch_runner(model), tile, overlap, blend=blend, batch=batch, align=align)
 
 
 # --------------------------------------------------------------------------- receptive field
@@ -310,20 +332,3 @@ def measure_receptive_field(
     # thin border is redrawn, so "found near the border" counts as unbounded, not just "at the border".
     bounded = margin <= largest // 2
     return ReceptiveField(margin=margin, bounded=bounded, probe=(ph, pw))
-
-
-def receptive_field_margin(model: nn.Module | RunBatch, size: int = 64, channels: int = 4) -> int:
-    """Packed pixels an output depends on around its own position: the smallest exact ``overlap``.
-
-    Raises ``UnboundedReceptiveFieldError`` when the field reaches past a quarter of the probe (global
-    pooling, or a field too wide for ``size``): then no overlap makes tiling exact; choose one by hand.
-    """
-    run = torch_runner(model) if isinstance(model, nn.Module) else model
-    field = measure_receptive_field(run, size, channels)
-    if not field.bounded:
-        raise UnboundedReceptiveFieldError(
-            f"the centre of a {size}x{size} probe depends on inputs {field.margin} packed pixels away: the model "
-            f"has global pooling or a receptive field too wide for this probe; tiling cannot be exact, pick an "
-            f"overlap by hand (or probe with a larger size)")
-    return field.margin
-

@@ -4,8 +4,8 @@ Two kinds of file:
 
 * camera RAW (DNG, CR2, NEF, ARW, ...) through rawpy / LibRaw: the visible sensor area, the CFA order
   read from the file (``raw_pattern`` + ``color_desc``) and its per-channel black and white levels;
-* 16-bit single-channel PNG and binary PGM mosaics, which carry no metadata: the caller must say
-  the pattern and the black/white levels.
+* 16-bit single-channel PNG, TIFF and binary PGM mosaics (``distill.data.rawio``), which carry no
+  metadata: the caller must say the pattern and the black/white levels.
 
 Both come back as float32 in [0, 1] after black subtraction, so a model sees the same scale
 whatever the container.  An odd height or width is cropped by one row/column at the bottom/right
@@ -21,8 +21,9 @@ import numpy as np
 from distill.data.bayer import PATTERNS, normalise_levels
 from distill.data.errors import DataError
 from distill.data.loaders import read_bayer as read_mosaic_file
+from distill.data.rawio import FORMATS, MOSAIC_SUFFIXES
 
-MOSAIC_SUFFIXES = (".png", ".pgm")
+CAMERA_FORMATS = "camera RAW through LibRaw (DNG, CR2, NEF, ARW, ...)"
 
 
 def read_bayer(
@@ -30,7 +31,7 @@ def read_bayer(
 ) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Read a camera file: ``(mosaic (H, W) float32 in [0, 1], CFA pattern, info)`` with even H and W.
 
-    For PNG/PGM ``pattern``, ``black`` and ``white`` are required.  For camera RAW they override
+    For PNG/TIFF/PGM ``pattern``, ``black`` and ``white`` are required.  For camera RAW they override
     what the file says (``black``/``white`` as one level for every CFA channel).
     """
     path = Path(path)
@@ -61,7 +62,7 @@ def _finish(mosaic: np.ndarray, pattern: str, info: dict[str, Any]) -> tuple[np.
 
 def _read_plain(path: Path, pattern: str | None, black: float | None,
                 white: float | None) -> tuple[np.ndarray, str, dict[str, Any]]:
-    """16-bit PNG/PGM: the container has no CFA or level metadata, so the caller must give them."""
+    """16-bit PNG/TIFF/PGM: the container has no CFA or level metadata, so the caller must give them."""
     missing = [name for name, value in (("pattern", pattern), ("black", black), ("white", white)) if value is None]
     if missing:
         raise DataError(f"{path}: a {path.suffix.lower()[1:].upper()} mosaic carries no metadata; give "
@@ -91,7 +92,8 @@ def _read_camera_raw(path: Path, pattern: str | None, black: float | None,
             file_black = [float(b) for b in raw.black_level_per_channel]
             file_white = float(raw.white_level)
     except (rawpy.LibRawError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read camera RAW file ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: cannot read camera RAW file ({type(exc).__name__}: {exc}); the formats read are "
+                        f"{CAMERA_FORMATS} and {FORMATS}") from None
     if visible.ndim != 2:
         raise DataError(f"{path}: not a single-plane Bayer RAW (LibRaw gives shape {visible.shape}; "
                         f"linear or demosaiced DNGs are not supported)")

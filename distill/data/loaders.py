@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -25,13 +24,12 @@ from PIL import Image
 from distill.data.bayer import colour_offsets, normalise_levels, pack_bayer
 from distill.data.embedded import RawRgbPair, load_embedded
 from distill.data.errors import DataError
+from distill.data.rawio import RawFileError, read_mosaic
 
 PYNET_RAW_SCALE = 4 * 255
 RAW_EXTENSIONS = (".png", ".pgm")
 RGB_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B")
 _COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
-_PGM_TOKEN = re.compile(rb"\s*(?:#[^\n]*\n\s*)*([^\s#]+)")
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SHOWN = 5  # file names listed in a mismatch message
 
@@ -39,52 +37,12 @@ _SHOWN = 5  # file names listed in a mismatch message
 # --------------------------------------------------------------------------- image files
 
 
-def _read_pgm16(path: Path) -> np.ndarray:
-    """Binary PGM (P5) with its stored values; Pillow would rescale a maxval such as 1023 to 65535."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read RAW image ({exc})") from None
-    tokens: list[bytes] = []
-    pos = 0
-    while len(tokens) < 4:
-        match = _PGM_TOKEN.match(data, pos)
-        if match is None:
-            raise DataError(f"{path}: not a readable PGM header")
-        tokens.append(match.group(1))
-        pos = match.end()
-    magic, width, height, maxval = tokens
-    if magic != b"P5":
-        raise DataError(f"{path}: only binary PGM (P5) is supported; the file starts with {magic[:2]!r}")
-    try:
-        w, h, top = int(width), int(height), int(maxval)
-    except ValueError:
-        raise DataError(f"{path}: corrupt PGM header {b' '.join(tokens)!r}") from None
-    if top < 256:
-        raise DataError(f"{path}: RAW must be 16-bit; this PGM is 8-bit (maxval {top})")
-    pixels = data[pos + 1 :]  # exactly one whitespace byte follows maxval
-    if len(pixels) < 2 * w * h:
-        raise DataError(f"{path}: truncated PGM: {len(pixels)} bytes of pixel data for {w}x{h} 16-bit pixels")
-    return np.frombuffer(pixels, dtype=">u2", count=w * h).reshape(h, w).astype(np.uint16)
-
-
 def read_bayer(path: Path) -> np.ndarray:
-    """A 16-bit single-channel Bayer mosaic (PNG or binary PGM) as ``(H, W)`` uint16, values as stored."""
-    path = Path(path)
-    if path.suffix.lower() == ".pgm":
-        return _read_pgm16(path)
+    """A 16-bit single-channel Bayer mosaic (PNG, TIFF or binary PGM) as ``(H, W)`` uint16, values as stored."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.asarray(img)
-    except _UNREADABLE as exc:
-        raise DataError(f"{path}: cannot read RAW image ({exc})") from None
-    if array.ndim != 2:
-        raise DataError(f"{path}: RAW must be a 2-D Bayer mosaic; got shape {array.shape} (mode {mode})")
-    if mode not in _SIXTEEN_BIT_MODES:
-        raise DataError(f"{path}: RAW must be a 16-bit image; got mode {mode} ({array.dtype}), shape {array.shape}")
-    return array.astype(np.uint16, copy=False)
+        return read_mosaic(Path(path))
+    except RawFileError as exc:
+        raise DataError(str(exc)) from None
 
 
 def read_rgb(path: Path) -> np.ndarray:

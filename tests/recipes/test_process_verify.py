@@ -186,7 +186,7 @@ def test_verify_good_bundle(bundle: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_verify_catches_tampered_weights(bundle_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without a hash in the card, the golden vectors alone catch a changed weight."""
-    edit_card(bundle_copy, model_sha256=None)
+    edit_card(bundle_copy, model_sha256=None, files_sha256=None)
     assert main(["verify", str(bundle_copy)]) == 0
     assert "not in the card" in capsys.readouterr().out
     flip_weights(bundle_copy / "model.tflite")
@@ -203,7 +203,7 @@ def test_verify_checks_the_cards_hash(bundle_copy: Path, capsys: pytest.CaptureF
     flip_weights(bundle_copy / "model.tflite")
     assert main(["verify", str(bundle_copy)]) == 1
     err = capsys.readouterr().err
-    assert "does not match the card's model_sha256" in err and "golden output not reproduced" in err
+    assert "FAILED: model_sha256 / files_sha256[model.tflite]: card " in err and "golden output not reproduced" in err
 
 
 def test_verify_catches_truncated_model_and_missing_files(bundle_copy: Path,

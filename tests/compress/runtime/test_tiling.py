@@ -12,13 +12,11 @@ from compress.runtime.tiling import (
     UnboundedReceptiveFieldError,
     measure_receptive_field,
     plan_tiles,
-    receptive_field_margin,
     tflite_runner,
     tiled_inference,
     tiled_tflite,
-    tiled_torch,
-    torch_runner,
 )
+from compress.runtime.tiling_torch import receptive_field_margin, tiled_torch, torch_runner
 from students import create_student
 
 
