@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from compress.runtime.tiling import DEFAULT_BLEND, UnboundedReceptiveFieldError, receptive_field_margin
+from compress.runtime.tiling import DEFAULT_BLEND, UnboundedReceptiveFieldError
+from compress.runtime.tiling_torch import receptive_field_margin
 
 PRECISION = {
     "fp32": "all float32",
