@@ -21,15 +21,43 @@ SCORE_METRICS = ("mai2021_score", "mai2022_score")
 """Challenge scores on the summary run, from ``psnr`` and the headline latency."""
 
 LATENCY_PATTERN = re.compile(r"^latency_ms_(?P<fmt>[a-z0-9_]+)_(?P<threads>\d+)t$")
-HEADLINE_LATENCY_FORMATS = ("fhd", "tflite_int8", "tflite_fp32")
-"""Which latency the scores use, best first: a Full-HD timing if one is logged, else the shipped
-variant's (INT8 unless ``quantize.mode`` says otherwise), else fp32; of several thread counts, the most
-threads."""
+HEADLINE_LATENCY_FORMATS = ("frame_tflite_int8", "tflite_int8", "tflite_fp32")
+"""Which latency a trade-off is judged on, best first: the shipped variant (INT8 unless ``quantize.mode``
+says otherwise) timed at the deployment frame size (``frame_<fmt>``, ``export.frame_size``), else the
+same variant at the export input size (a tile), else fp32; of several thread counts, the most threads.
+Only a frame-size latency gives challenge scores (``score_latency_key``): the MAI formulas are defined
+on the runtime of a whole Full-HD frame, and a tile's runtime is mostly fixed costs."""
 
 
 def tflite_format(variant: str) -> str:
     """``tflite_<variant>``: the format name of a TFLite variant in every per-format key."""
     return f"tflite_{variant}"
+
+
+def frame_format(fmt: str) -> str:
+    """``frame_<fmt>``: a format measured at the recipe's deployment frame size (``export.frame_size``),
+    e.g. ``latency_ms_frame_tflite_int8_2t``, ``psnr_frame_tflite_int8``."""
+    return f"frame_{fmt}"
+
+
+def builtin_format(fmt: str) -> str:
+    """``<fmt>_builtin``: a TFLite format run on TFLite's builtin (reference) kernels instead of XNNPACK."""
+    return f"{fmt}_builtin"
+
+
+def gpu_compatible_key(fmt: str) -> str:
+    """1.0 when the GPU delegate's op rules (``compress.export.delegates``) take every op of ``fmt``."""
+    return f"gpu_compatible_{fmt}"
+
+
+def xnnpack_partitions_key(fmt: str) -> str:
+    """How many partitions XNNPACK splits ``fmt`` into (1: the whole graph, if nothing is left out)."""
+    return f"xnnpack_partitions_{fmt}"
+
+
+def xnnpack_undelegated_key(fmt: str) -> str:
+    """How many ops of ``fmt`` XNNPACK leaves to TFLite's builtin kernels."""
+    return f"xnnpack_undelegated_{fmt}"
 
 
 def latency_key(fmt: str, threads: int) -> str:
@@ -78,14 +106,26 @@ def level_prefix(level: int) -> str:
 def headline_latency_key(keys: Iterable[str], shipped: str = "int8") -> str | None:
     """The latency metric a trade-off is judged on, among ``keys`` (see ``HEADLINE_LATENCY_FORMATS``);
     ``shipped`` is the TFLite variant in the bundle (``quantize.mode``)."""
-    found = [k for k in keys if LATENCY_PATTERN.match(k)]
-    formats = tuple(tflite_format(shipped) if f == "tflite_int8" else f for f in HEADLINE_LATENCY_FORMATS)
-    for fmt in formats:
-        matches = [k for k in found if fmt == LATENCY_PATTERN.match(k)["fmt"]  # type: ignore[index]
-                   or (fmt == "fhd" and "fhd" in LATENCY_PATTERN.match(k)["fmt"])]  # type: ignore[index]
+    found = [(k, match) for k in keys if (match := LATENCY_PATTERN.match(k))]
+    wanted = {"tflite_int8": tflite_format(shipped), "frame_tflite_int8": frame_format(tflite_format(shipped))}
+    for fmt in (wanted.get(f, f) for f in HEADLINE_LATENCY_FORMATS):
+        matches = [(k, m) for k, m in found if m["fmt"] == fmt]
         if matches:  # the most threads measured: the recipe's latency_threads (1 thread is the extra figure)
-            return max(matches, key=lambda k: (int(LATENCY_PATTERN.match(k)["threads"]), k))  # type: ignore[index]
+            return max(matches, key=lambda km: (int(km[1]["threads"]), km[0]))[0]
     return None
+
+
+def is_frame_latency(key: str) -> bool:
+    """Whether ``key`` is a latency measured at the deployment frame size (``latency_ms_frame_..._<n>t``)."""
+    match = LATENCY_PATTERN.match(key)
+    return match is not None and match["fmt"].startswith(frame_format(""))
+
+
+def score_latency_key(keys: Iterable[str], shipped: str = "int8") -> str | None:
+    """The latency the MAI scores are computed from: the headline latency if it is a frame-size one,
+    else None (no score rather than one from a tile)."""
+    key = headline_latency_key(keys, shipped)
+    return key if key is not None and is_frame_latency(key) else None
 
 
 def challenge_scores(psnr: float, latency_ms: float) -> dict[str, float]:
@@ -97,7 +137,7 @@ def challenge_scores(psnr: float, latency_ms: float) -> dict[str, float]:
 
 def summary_metrics(outcomes: Iterable[Any]) -> dict[str, float]:
     """The final model's ``STAGE_METRICS`` (from the last stage that reports them), every latency and
-    per-format size the stages logged, and the challenge scores when a latency is known."""
+    per-format size the stages logged, and the challenge scores when a frame-size latency is known."""
     outcomes = list(outcomes)
     summary: dict[str, float] = {}
     for outcome in outcomes:
@@ -107,7 +147,7 @@ def summary_metrics(outcomes: Iterable[Any]) -> dict[str, float]:
     if last is not None:
         summary.update({k: float(last.metrics[k]) for k in STAGE_METRICS})
         shipped = next((o.result.shipped_variant for o in outcomes if isinstance(o.result, ExportResult)), None)
-        headline = headline_latency_key(summary, shipped or "int8")
-        if headline is not None:
+        headline = score_latency_key(summary, shipped or "int8")
+        if headline is not None:  # a frame-size latency, or no score at all
             summary.update(challenge_scores(summary["psnr"], summary[headline]))
     return summary

@@ -77,6 +77,10 @@ class ExportResult(StageResult):
     """``quantize.x86`` models written to disk (the ONNX Runtime QDQ variants), by variant name."""
     selective: Path | None = None
     """The selective-precision search's ``selective.json``, when the recipe asked for one."""
+    frame_tflite: dict[str, Path] = field(default_factory=dict)
+    """Every TFLite variant at ``export.frame_size`` (empty without one), by variant name."""
+    deployment: Path | None = None
+    """``deployment.json``: the delegate report per variant and the frame-size figures."""
 
     @property
     def shipped_tflite(self) -> Path:

@@ -88,3 +88,52 @@ def calibration_section(frames: int, selection: str, input_hw: tuple[int, int], 
     return {"frames": frames, "selection": selection,
             "source": f"RAW crops of {h}x{w} packed pixels from the training split {split!r} of the "
                       f"{data_kind} data (never the held-out images)"}
+
+
+GPU_PREFERENCE = ("float16", "fp32", "int8", "dynamic", "int16x8")
+"""The GPU delegate computes in float16/float32: a float16 model is its native form; quantized weights
+are dequantized at load, so int8 saves file size there, not time."""
+
+
+def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dict[str, float],
+                           latency_size: str) -> dict[str, Any]:
+    """Which variant to use on which runtime, from the measurements, each with its reason.
+
+    ``delegates`` is the card's per-variant report (``tflite_<variant>`` keys), ``latency_ms`` the median
+    latency per variant on the build machine at ``latency_size`` (the frame size when the recipe sets one).
+    """
+    def variant(fmt: str) -> str:
+        return fmt.removeprefix("tflite_")
+
+    note = "latencies are from the build machine's CPU: measure on the target device"
+    whole = [f for f, r in delegates.items() if r["xnnpack"]["whole_graph"]]
+    pool = [f for f in whole if f in latency_ms] or [f for f in delegates if f in latency_ms]
+    cpu: dict[str, Any] = {"variant": None, "reason": "no latency measured"}
+    if pool:
+        best = min(pool, key=lambda f: latency_ms[f])
+        others = ", ".join(f"{variant(f)} {latency_ms[f]:.1f} ms" for f in sorted(latency_ms, key=latency_ms.get)
+                           if f != best)
+        cpu = {"variant": variant(best),
+               "reason": f"fastest at {latency_size} on XNNPACK: {latency_ms[best]:.1f} ms (others: {others}); "
+                         + ("XNNPACK takes its whole graph" if best in whole else
+                            f"XNNPACK leaves {sorted(set(delegates[best]['xnnpack']['undelegated']))} out")}
+    compatible = [f for f, r in delegates.items() if r["gpu"]["compatible"]]
+    ranked = sorted(compatible, key=lambda f: GPU_PREFERENCE.index(variant(f)) if variant(f) in GPU_PREFERENCE
+                    else len(GPU_PREFERENCE))
+    if ranked:
+        gpu = {"variant": variant(ranked[0]),
+               "reason": f"GPU-delegate compatible ({', '.join(variant(f) for f in ranked)}); the delegate computes "
+                         "in float16/float32, so the float16 model is its native form and quantized weights only "
+                         "save file size there"}
+    else:
+        flagged = {variant(f): [x["op"] for x in r["gpu"]["flagged"]] for f, r in delegates.items()}
+        gpu = {"variant": None, "reason": f"no variant passes the GPU delegate's op rules: {flagged}"}
+    if "tflite_int8" in delegates:
+        b = delegates["tflite_int8"]["builtin"]
+        npu = {"variant": "int8",
+               "reason": f"integer-only paths (NPU delegates such as MediaTek Neuron) need all-int8; on TFLite's "
+                         f"reference kernels, their stand-in here, int8 reaches {b['psnr']:.2f} dB "
+                         f"({b['psnr_drop_db']:+.3f} dB vs XNNPACK): validate on the device"}
+    else:
+        npu = {"variant": None, "reason": "no int8 variant built: add int8 to quantize.variants for NPU paths"}
+    return {"cpu_xnnpack": cpu, "gpu_delegate": gpu, "npu_int8": npu, "note": note}

@@ -41,6 +41,46 @@ def _feeding_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _deployment_lines(card: dict[str, Any]) -> list[str]:
+    """Frame-size figures, the delegate report and the recommendation, when the card has them."""
+    lines: list[str] = []
+    frame = card.get("frame")
+    if frame:
+        (h, w), (ph, pw) = frame["output_hw"], frame["packed_hw"]
+        how = ("rewriting the tile model's shapes: same weights and quantization" if frame["built_by"] == "resize"
+               else "converting the ONNX model exported at this size")
+        lines += [f"## At the frame size ({h}x{w} output, packed input {ph}x{pw})",
+                  f"`{frame['file']}` is the shipped variant at this size (built by {how}). "
+                  f"Quality: {frame['evaluation']}. Latency: XNNPACK, {frame['threads']} thread(s), median of "
+                  f"{frame['latency_runs']} on the build machine (indicative only).", "",
+                  "| model | PSNR dB | SSIM | parity vs PyTorch dB | latency ms |", "|---|---|---|---|---|"]
+        lines += [f"| {fmt} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | "
+                  f"{frame['latency_ms'][fmt]:.1f} |" for fmt, m in frame["quality"].items()]
+        lines.append("")
+    delegates = card.get("delegates")
+    if delegates:
+        lines += ["## Runtimes and delegates",
+                  "GPU: the TFLite GPU delegate's op rules (TFLite's analyzer plus `gpu_compatibility.cc`'s rules, "
+                  "offline). XNNPACK: partitions on the build machine's CPU. Builtin: TFLite's reference kernels, "
+                  "the stand-in for NPU integer paths.", "",
+                  "| model | GPU delegate | XNNPACK partitions | ops left to builtin kernels | builtin PSNR dB "
+                  "(drop vs XNNPACK) |", "|---|---|---|---|---|"]
+        for fmt, r in delegates.items():
+            gpu = "yes" if r["gpu"]["compatible"] else "no: " + "; ".join(
+                f"{f['op']} ({f['reason']})" for f in r["gpu"]["flagged"])
+            left = ", ".join(sorted(set(r["xnnpack"]["undelegated"]))) or "none"
+            lines.append(f"| {fmt} | {gpu} | {r['xnnpack']['partitions']} | {left} | {r['builtin']['psnr']:.2f} "
+                         f"({r['builtin']['psnr_drop_db']:+.3f}) |")
+        lines.append("")
+    rec = card.get("recommendation")
+    if rec:
+        names = {"cpu_xnnpack": "CPU (XNNPACK)", "gpu_delegate": "GPU delegate", "npu_int8": "NPU / integer-only"}
+        lines += ["## Which variant on which runtime"]
+        lines += [f"- {names[k]}: **{rec[k]['variant'] or 'none'}**: {rec[k]['reason']}" for k in names if k in rec]
+        lines += [f"- note: {rec['note']}", ""]
+    return lines
+
+
 def render_readme(card: dict[str, Any]) -> str:
     inp, out, q = card["input"], card["output"], card["quality"]
     quant = lambda t: f"scale {t['scale']:.8g}, zero point {t['zero_point']}" if t.get("scale") else "not quantized"  # noqa: E731
@@ -72,6 +112,8 @@ def render_readme(card: dict[str, Any]) -> str:
         f"`tflite_{card.get('variant', 'int8')}`, the others were built and gated alongside.",
         "",
         *_quality_lines(q),
+        "",
+        *_deployment_lines(card),
     ]
     cost = card["cost"]
     by_threads = cost.get("latency_ms_by_threads") or {str(cost["latency_threads"]): cost["latency_ms"]}

@@ -121,10 +121,36 @@ class QuantizeStage(Strict):
         return list(dict.fromkeys(["fp32", self.mode, *self.variants]))
 
 
+DeployRuntime = Literal["gpu", "xnnpack", "builtin"]
+"""``export.require``: gpu = the GPU delegate's op rules take every op of the shipped variant; xnnpack =
+XNNPACK takes the whole shipped graph (one partition, no op left out); builtin = on TFLite's builtin
+kernels (the stand-in for NPU integer paths) the shipped variant stays within its quantize.gate drop."""
+
+
 class ExportStage(Strict):
     input_size: tuple[int, int] = Field((64, 64), description="packed RAW height, width of the shipped model")
     parity_min_db: float = Field(60.0, description="fp32 TFLite and ONNX must match PyTorch this closely")
     latency_threads: int = Field(2, ge=1)
+    require: list[DeployRuntime] = Field(default_factory=list,
+                                         description="runtimes that must take the shipped variant, else the "
+                                                     "export stage fails and no bundle is written: gpu, xnnpack, "
+                                                     "builtin")
+    frame_size: tuple[int, int] | None = Field(None, description="output RGB height, width the app feeds (e.g. "
+                                               "[1088, 1920], Full HD); every variant is also built, scored and "
+                                               "timed at this size and the bundle ships model_frame.tflite")
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_even(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and (min(value) < 16 or any(v % 2 for v in value)):
+            raise ValueError(f"frame_size {list(value)} must be even output RGB pixels, >= 16 per side "
+                             "(the packed input is half of it)")
+        return value
+
+    @field_validator("require")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
     @field_validator("input_size")
     @classmethod
@@ -152,5 +178,5 @@ with warnings.catch_warnings():  # the recipe key is ``register``; pydantic warn
 __all__ = [
     "SensitivitySpec", "PruneStage", "FoldStage", "TFLiteVariant", "X86Variant", "GateVariant",
     "DEFAULT_MAX_DROP_DB", "DEFAULT_MIN_PARITY_DB", "QuantGateSpec", "SelectiveSpec", "QATSpec",
-    "QuantizeStage", "ExportStage", "RegisterSpec", "HandoffStage",
+    "QuantizeStage", "DeployRuntime", "ExportStage", "RegisterSpec", "HandoffStage",
 ]

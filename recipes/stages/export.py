@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from compress.checkpoint import load_model
 from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
@@ -28,11 +27,13 @@ from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
 from compress.runtime.parity import run_onnx
 from compress.runtime.profile import count_macs, count_params, size_kb
 from distill.metrics import psnr, psnr_db, ssim
+from distill.progress import tqdm
 from recipes.context import RunContext, StageError
 from recipes.metric_keys import drop_key, latency_key, parity_key, psnr_key, size_key, ssim_key, tflite_format
 from recipes.quant_gate import gate_failures, score_tflite, tflite_psnr
 from recipes.results import ExportResult, QuantizeResult
 from recipes.stages.common import input_shape
+from recipes.stages.export_deploy import deployment
 from recipes.stages.export_x86 import x86_variants
 
 
@@ -191,9 +192,12 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Expor
         metrics.update(selective_metrics)
     ctx.tracker.log_metrics(metrics)
     _check_gates(ctx, metrics, selective)
+    deploy_metrics, frames, deploy_path = deployment(ctx, folder, model, tflite, data.raws, data.target, metrics,
+                                                     calibration)  # logs its own metrics (before export.require)
+    metrics.update(deploy_metrics)
     io_details = folder / "io_details.json"
     io_details.write_text(json.dumps({tflite_format(v): tflite_io_details(p) for v, p in tflite.items()}, indent=2))
     for path in (onnx_path, *tflite.values(), *x86.values(), io_details):
         ctx.tracker.log_artifact(path, artifact_path="exported")
     return metrics, ExportResult(onnx=onnx_path, tflite=tflite, shipped_variant=qcfg.mode, io_details=io_details,
-                                 x86=x86, selective=selective_path)
+                                 x86=x86, selective=selective_path, frame_tflite=frames, deployment=deploy_path)

@@ -69,6 +69,25 @@ def normalisation_text(recipe: Recipe) -> str:
     return "(raw - black) / (white - black), clipped to [0, 1] (embedded data is synthesised already normalised)"
 
 
+def deployment_sections(card: dict[str, Any], export: ExportResult, variant: str) -> dict[str, Path]:
+    """Add ``delegates``, ``frame`` and ``recommendation`` to ``card`` from the export stage's
+    ``deployment.json``; returns the extra model files the bundle ships (``model_frame.tflite``)."""
+    if export.deployment is None:  # an export stage cached before the deployment report existed
+        return {}
+    report = json.loads(export.deployment.read_text())
+    card["delegates"] = report["delegates"]
+    frame = report.get("frame")
+    latency = {fmt: m["latency_ms"] for fmt, m in card["quality"].items()}
+    size = f"the {card['input_size']['packed_hw']} packed tile"
+    extra: dict[str, Path] = {}
+    if frame is not None:
+        card["frame"] = {**frame, "variant": variant}
+        latency, size = frame["latency_ms"], f"{frame['output_hw'][0]}x{frame['output_hw'][1]} output"
+        extra[frame["file"]] = export.frame_tflite[variant]
+    card["recommendation"] = model_card.recommendation_section(report["delegates"], latency, size)
+    return extra
+
+
 def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], HandoffResult]:
     recipe = ctx.recipe
     export = ctx.result("export", ExportResult)
@@ -127,7 +146,9 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Hand
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    bundle = write_bundle(ctx.workdir / "handoff" / recipe.bundle_name, model_path, card, golden_in, golden_out)
+    extra = deployment_sections(card, export, variant)
+    bundle = write_bundle(ctx.workdir / "handoff" / recipe.bundle_name, model_path, card, golden_in, golden_out,
+                          extra_models=extra)
     ctx.tracker.log_artifact(bundle, artifact_path="handoff")
     metrics = {"psnr": em[psnr_key(fmt)], "ssim": em[ssim_key(fmt)], "params": em["params"],
                "macs": em["macs"], "size_kb": em[size_key(fmt)]}
