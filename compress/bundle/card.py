@@ -111,8 +111,8 @@ def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dic
     cpu: dict[str, Any] = {"variant": None, "reason": "no latency measured"}
     if pool:
         best = min(pool, key=lambda f: latency_ms[f])
-        others = ", ".join(f"{variant(f)} {latency_ms[f]:.1f} ms" for f in sorted(latency_ms, key=latency_ms.get)
-                           if f != best)
+        by_speed = sorted(latency_ms, key=lambda f: latency_ms[f])
+        others = ", ".join(f"{variant(f)} {latency_ms[f]:.1f} ms" for f in by_speed if f != best)
         cpu = {"variant": variant(best),
                "reason": f"fastest at {latency_size} on XNNPACK: {latency_ms[best]:.1f} ms (others: {others}); "
                          + ("XNNPACK takes its whole graph" if best in whole else
@@ -120,6 +120,8 @@ def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dic
     compatible = [f for f, r in delegates.items() if r["gpu"]["compatible"]]
     ranked = sorted(compatible, key=lambda f: GPU_PREFERENCE.index(variant(f)) if variant(f) in GPU_PREFERENCE
                     else len(GPU_PREFERENCE))
+    gpu: dict[str, Any]
+    npu: dict[str, Any]
     if ranked:
         gpu = {"variant": variant(ranked[0]),
                "reason": f"GPU-delegate compatible ({', '.join(variant(f) for f in ranked)}); the delegate computes "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress.bundle.readme_run import android_lines, hash_lines, run_lines
+
 
 def _quality_lines(q: dict[str, dict[str, Any]]) -> list[str]:
     """The per-variant table; cards without the drop/size/latency columns (older bundles) still render."""
@@ -51,11 +53,13 @@ def _deployment_lines(card: dict[str, Any]) -> list[str]:
                else "converting the ONNX model exported at this size")
         lines += [f"## At the frame size ({h}x{w} output, packed input {ph}x{pw})",
                   f"`{frame['file']}` is the shipped variant at this size (built by {how}). "
-                  f"Quality: {frame['evaluation']}. Latency: XNNPACK, {frame['threads']} thread(s), median of "
-                  f"{frame['latency_runs']} on the build machine (indicative only).", "",
-                  "| model | PSNR dB | SSIM | parity vs PyTorch dB | latency ms |", "|---|---|---|---|---|"]
-        lines += [f"| {fmt} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | "
-                  f"{frame['latency_ms'][fmt]:.1f} |" for fmt, m in frame["quality"].items()]
+                  f"Quality: {frame['evaluation']}. Latency: the interpreter's default delegates (XNNPACK), "
+                  f"{frame['threads']} thread(s), median of the runs shown, on the build machine (indicative "
+                  "only).", "",
+                  "| model | PSNR dB | SSIM | parity vs PyTorch dB | latency ms (runs) |", "|---|---|---|---|---|"]
+        ms, runs = frame["latency_ms"], frame["latency_runs"]
+        lines += [f"| {fmt} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | {ms[fmt]:.1f} "
+                  f"({runs[fmt]}) |" for fmt, m in frame["quality"].items()]
         lines.append("")
     delegates = card.get("delegates")
     if delegates:
@@ -89,13 +93,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
         f"{card['description']}",
         "",
-        "## Run it",
-        "```",
-        "pip install numpy ai-edge-litert",
-        "python run_model.py            # golden check: must print OK",
-        "python run_model.py --input raw.npy --output rgb.ppm",
-        "```",
-        "",
+        *run_lines(card),
         "## Input",
         f"- tensor `{inp['name']}`: shape {inp['shape']} ({inp['layout']}), dtype {inp['dtype']}, {quant(inp)}",
         f"- packed Bayer, channels {inp['channel_order']} from a {inp['bayer_pattern']} sensor "
@@ -106,6 +104,7 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- tensor `{out['name']}`: shape {out['shape']} (NHWC, sRGB), dtype {out['dtype']}, {quant(out)}",
         f"- range {out['range']} (multiply by 255 for 8-bit)",
         "",
+        *android_lines(card),
         *_feeding_lines(card),
         "## Quality and cost",
         f"Evaluated on {card['evaluation']}; the shipped model is "
@@ -123,7 +122,7 @@ def render_readme(card: dict[str, Any]) -> str:
         f"per inference at this input size",
         "- latency on the build machine (XNNPACK, median; indicative only: measure on the target device): "
         + ", ".join(f"{ms:.2f} ms with {n} thread(s)" for n, ms in by_threads.items()),
-        f"- model.tflite SHA-256: `{card.get('model_sha256', 'not recorded')}`",
+        *hash_lines(card),
         "",
         "## Provenance",
         *[f"- {k}: {v}" for k, v in card["provenance"].items()],

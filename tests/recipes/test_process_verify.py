@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,45 +18,20 @@ import pytest
 import tifffile
 from PIL import Image
 
-from compress.bundle.write import golden_tolerance, write_bundle
-from compress.export.tflite_inspect import tflite_io_details
-from compress.runtime.parity import run_tflite
-from distill.data.bayer import PACKED_ORDER, colour_offsets, unpack_bayer
+from distill.data.bayer import unpack_bayer
 from recipes.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bundle_fixture import build_int8_bundle  # noqa: E402
 
 REAL_RAW = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-raw"
 needs_real_raw = pytest.mark.skipif(not REAL_RAW.is_dir(), reason=f"real RAW samples not found at {REAL_RAW}")
 pytestmark = pytest.mark.slow  # every test here needs the shared onnx2tf conversion
 
 
-def tiny_card(model_path: Path, pattern: str = "RGGB") -> dict:
-    """The fields the handoff stage writes (values for an untrained test model)."""
-    io = tflite_io_details(model_path)
-    inp, out = io["inputs"][0], io["outputs"][0]
-    return {
-        "name": "tiny", "description": "untrained Smallnet for tests", "format": "tflite",
-        "quantization": "int8: per-channel int8 weights, per-tensor int8 activations, int8 input/output",
-        "model": {"family": "student", "name": "smallnet", "config": {"width": 8}, "widths": None, "folded": True},
-        "input": {**inp, "layout": "NHWC", "channel_order": list(PACKED_ORDER), "bayer_pattern": pattern,
-                  "packing": {c: f"{dy}::2, {dx}::2" for c, (dy, dx) in colour_offsets(pattern).items()},
-                  "normalisation": "(raw - black) / (white - black), clipped to [0, 1]", "range": [0.0, 1.0]},
-        "output": {**out, "layout": "NHWC", "colour": "sRGB", "range": [0.0, 1.0]},
-        "quality": {"tflite_int8": {"psnr": 0.0, "ssim": 0.0, "parity_psnr_db": 0.0}},
-        "evaluation": "nothing (untrained test model)",
-        "cost": {"size_kb": model_path.stat().st_size / 1024, "params": 0, "macs": 0, "latency_ms": 0.0,
-                 "latency_threads": 2},
-        "golden": {"input": "golden_input.npy", "output": "golden_output.npy", "tolerance": golden_tolerance(out)},
-        "provenance": {"recipe": "test"},
-    }
-
-
 @pytest.fixture(scope="module")
 def bundle(tiny_smallnet_tflite, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    model = tiny_smallnet_tflite.int8
-    golden_in = np.random.default_rng(5).random((2, 4, 32, 32)).astype(np.float32)
-    golden_out = run_tflite(model, golden_in)
-    return write_bundle(tmp_path_factory.mktemp("bundles") / "tiny", model, tiny_card(model),
-                        golden_in.transpose(0, 2, 3, 1), golden_out.transpose(0, 2, 3, 1))
+    return build_int8_bundle(tiny_smallnet_tflite.int8, tmp_path_factory.mktemp("bundles") / "tiny")
 
 
 @pytest.fixture

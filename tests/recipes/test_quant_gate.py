@@ -20,7 +20,7 @@ from recipes.schema import DEFAULT_MAX_DROP_DB, QuantizeStage
 
 TINY = ["teacher=null", "prune=null", "student.config={width: 8}", "student.train.steps=4",
         "student.train.batch_size=2", "student.distill.output_kd=0", "data.patch_size=16",
-        "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]",
+        "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]", "export.frame_size=null",
         "quantize.calibration_frames=4", "quantize.calibration_selection=spread",
         "quantize.variants=[int16x8, float16, dynamic]", "quantize.selective={max_drop_db: 50}",
         "quantize.qat={train: {steps: 4, batch_size: 2, lr: 0.001}, kd_weight: 0.5}",

@@ -22,6 +22,7 @@ TINY = [
     "student.config.width=4", "student.train.steps=3", "student.train.batch_size=2",
     "prune.finetune.steps=1", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
     "data.max_side=96", "data.max_eval_images=1", "quantize.calibration_frames=2", "export.input_size=[16,16]",
+    "export.frame_size=null",  # the frame-size models are tested in test_end_to_end
     "handoff.register.name=tiny-isp", "handoff.register.alias=candidate",
 ]
 
