@@ -22,7 +22,6 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,21 +263,23 @@ def tiling_options(card: dict[str, Any], model: Any, overlap: int | None, blend:
     return overlap, source, min(blend, room)
 
 
-@dataclass
 class Rendered:
-    """The model's output for one image and how it was tiled (for reports and benchmarks)."""
+    """The model's output for one image and how it was tiled (for reports and benchmarks).  A plain class:
+    MLflow's pyfunc loads this file without registering it as a module, which a dataclass needs."""
 
-    rgb: np.ndarray  # (3, 2H, 2W) float32
-    model: str
-    tile: tuple[int, int]
-    tiles: int
-    overlap: int
-    overlap_source: str
-    blend: int
-    threads: int
-    invoke_seconds: float
-    tile_seconds: float
-    warning: str | None
+    def __init__(self, rgb: np.ndarray, model: str, tile: tuple[int, int], tiles: int, overlap: int,
+                 overlap_source: str, blend: int, threads: int, invoke_seconds: float, tile_seconds: float,
+                 warning: str | None) -> None:
+        self.rgb = rgb  # (3, 2H, 2W) float32
+        self.model, self.tile, self.tiles = model, tile, tiles
+        self.overlap, self.overlap_source, self.blend, self.threads = overlap, overlap_source, blend, threads
+        self.invoke_seconds, self.tile_seconds, self.warning = invoke_seconds, tile_seconds, warning
+
+
+def run(model_path: Path, packed_nhwc: np.ndarray, num_threads: int = 2) -> np.ndarray:
+    """Packed RAW already at the model's input size, float NHWC in, float sRGB NHWC out (no tiling)."""
+    model = tiling.TFLiteModel(model_path, num_threads)
+    return np.transpose(model(np.transpose(np.asarray(packed_nhwc, dtype=np.float32), (0, 3, 1, 2))), (0, 2, 3, 1))
 
 
 def render(packed: np.ndarray, bundle: Path | str, card: dict[str, Any], model: str = "auto", threads: int = 2,

@@ -2,9 +2,11 @@
 session's converted Smallnet (process / verify / run_model.py tests)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 SIZE = 16
@@ -81,3 +83,15 @@ def build_int8_bundle(model: Path, dest: Path, extra_models: dict[str, Path] | N
     golden_out = run_tflite(model, golden_in)
     return write_bundle(dest, model, {**tiny_card(model), **(card_extra or {})}, golden_in.transpose(0, 2, 3, 1),
                         golden_out.transpose(0, 2, 3, 1), extra_models=extra_models)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_smallnet_tflite, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    """The INT8 bundle the process / verify / run_model.py tests share (import this fixture to use it)."""
+    return build_int8_bundle(tiny_smallnet_tflite.int8, tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture
+def bundle_copy(bundle: Path, tmp_path: Path) -> Path:
+    """A copy a test may tamper with."""
+    return Path(shutil.copytree(bundle, tmp_path / "bundle"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,21 +21,13 @@ from distill.data.bayer import unpack_bayer
 from recipes.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bundle_fixture import build_int8_bundle  # noqa: E402
+import bundle_fixture  # noqa: E402
+
+bundle, bundle_copy = bundle_fixture.bundle, bundle_fixture.bundle_copy  # the shared fixtures
 
 REAL_RAW = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-raw"
 needs_real_raw = pytest.mark.skipif(not REAL_RAW.is_dir(), reason=f"real RAW samples not found at {REAL_RAW}")
 pytestmark = pytest.mark.slow  # every test here needs the shared onnx2tf conversion
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_smallnet_tflite, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    return build_int8_bundle(tiny_smallnet_tflite.int8, tmp_path_factory.mktemp("bundles") / "tiny")
-
-
-@pytest.fixture
-def bundle_copy(bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
 
 
 def read_png(path: Path) -> np.ndarray:

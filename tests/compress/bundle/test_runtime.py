@@ -22,21 +22,14 @@ from distill.data.rawio import read_mosaic
 from recipes.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
+import bundle_fixture  # noqa: E402
 from bundle_fixture import build_int8_bundle  # noqa: E402
+
+bundle, bundle_copy = bundle_fixture.bundle, bundle_fixture.bundle_copy  # the shared fixtures
 
 REAL_RAW = Path(__file__).resolve().parents[4] / "shared" / "data" / "real-raw"
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow  # every test here needs the shared onnx2tf conversion
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_smallnet_tflite, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    return build_int8_bundle(tiny_smallnet_tflite.int8, tmp_path_factory.mktemp("bundles") / "tiny")
-
-
-@pytest.fixture
-def bundle_copy(bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
 
 
 def run_model(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
