@@ -18,7 +18,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.batches import training_batches
@@ -33,6 +32,7 @@ from distill.distiller import Distiller
 from distill.evaluation import DEFAULT_TASK, Task
 from distill.losses import KNOWN_LOSSES, LossFn, WeightedLoss
 from distill.perceptual import PerceptualLoss
+from distill.progress import tqdm
 
 if TYPE_CHECKING:
     from distill.data.datasets import PairedPatchDataset
