@@ -1,9 +1,10 @@
 """``<workdir>/run_state.json``: what a killed recipe run leaves behind so the next ``ispdc run`` resumes it.
 
 It names the parent MLflow run and, per stage, the nested run id, cache key and whether the stage
-finished.  It is rewritten atomically at every stage start and end and deleted when the run finishes;
-``ispdc run`` on the same recipe (same recipe hash and tracking URI) picks it up, ``--no-resume`` ignores
-it.  The stage itself resumes from its checkpoint (``distill.checkpointing``).
+finished (a sweep point keeps the same record in ``<workdir>/sweeps/<sweep>/p<NN>.json``).  It is
+rewritten atomically at every stage start and end and deleted when the run finishes; ``ispdc run`` on
+the same recipe (same recipe hash and tracking URI) picks it up, ``--no-resume`` ignores it.
+The stage itself resumes from its checkpoint (``distill.checkpointing``).
 """
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ class RunState:
 
     @classmethod
     def open(cls, workdir: Path, recipe_hash: str, tracking_uri: str, resume: bool = True,
-             writable: bool = True) -> RunState:
-        """The state of an interrupted run of this recipe in ``workdir`` if ``resume``, else a fresh one."""
-        path = Path(workdir) / STATE_FILE
+             writable: bool = True, path: Path | None = None) -> RunState:
+        """The state of an interrupted run of this recipe in ``workdir`` if ``resume``, else a fresh one;
+        ``path`` instead of ``<workdir>/run_state.json`` for a run that keeps its own (a sweep point)."""
+        path = Path(path) if path is not None else Path(workdir) / STATE_FILE
         fresh = cls(path, recipe_hash, tracking_uri, writable=writable)
         if not resume or not path.is_file():
             return fresh

@@ -3,6 +3,11 @@
 A stage's cache key hashes its own config, the data config, the seed and the key of the stage before
 it; a finished stage writes ``done.json`` into ``<workdir>/stages/<stage>-<key>/``.  Re-running a recipe
 where only a late stage changed reuses the earlier stages (logged again, tagged ``cached``).
+
+Runs may share a workdir: a stage is produced under a lock of its own (``<workdir>/.locks/``), so two
+runs never write one stage folder at once; the second waits (one line says for what) and then takes the
+stage from the cache, published atomically by ``done.json``.  Whole-recipe runs in one workdir take turns
+(they share ``run_state.json``); sweep points keep their own state and only meet at the stages.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from distill.atomic import atomic_write_text
 from recipes.context import RunContext, StageError, StageFn, StageOutcome, git_sha
 from recipes.ddp import NullTracker, stage_barriers, stage_scope, trains
 from recipes.loader import recipe_hash
+from recipes.locks import LOCK_DIR, hold
 from recipes.metric_keys import summary_metrics
 from recipes.registry import register_bundle
 from recipes.results import HandoffResult, read_result
@@ -30,7 +36,7 @@ from recipes.run_state import RunState, clear_checkpoints, run_exists
 from recipes.schema import STAGE_ORDER, Recipe, flatten
 from recipes.stages import STAGES
 from recipes.teacher_checkpoint import checkpoint_digest
-from recipes.tracking import Tracker, default_tracking_uri
+from recipes.tracking import Tracker, default_tracking_uri, prepare_store
 
 __all__ = ["run_recipe", "run_stages", "stage_plan", "stage_key", "RunContext", "StageError", "StageOutcome",
            "git_sha"]
@@ -97,7 +103,18 @@ def run_recipe(
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(workdir)
+    if not distributed.is_main():
+        return _run_recipe(recipe, recipe_path, workdir, uri, use_cache, on_stage, resume)
+    with hold(workdir / LOCK_DIR / "run.lock", f"another ispdc run in {workdir} to finish (runs of whole recipes "
+              "in one workdir take turns)"):
+        return _run_recipe(recipe, recipe_path, workdir, uri, use_cache, on_stage, resume)
+
+
+def _run_recipe(recipe: Recipe, recipe_path: Path, workdir: Path, uri: str, use_cache: bool,
+                on_stage: Callable[[StageOutcome], None] | None, resume: bool) -> tuple[str, list[StageOutcome]]:
     main = distributed.is_main()
+    if main:
+        prepare_store(uri)
     state = RunState.open(workdir, recipe_hash(recipe), uri, resume=resume, writable=main)
     if state.resumed and not (state.parent_run_id and run_exists(uri, state.parent_run_id)):
         state = RunState.open(workdir, recipe_hash(recipe), uri, resume=False, writable=main)
@@ -161,6 +178,17 @@ def _run_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: boo
             record = json.loads(done.read_text())
         return StageOutcome(name, record["metrics"], read_result(name, record["result"]),
                             float(finished.get("seconds", 0.0)), True, finished["run_id"], key)
+    lock = ctx.workdir / LOCK_DIR / f"stage-{name}-{key}.lock"
+    with hold(lock, f"stage {name}-{key}, which another run is producing"):
+        return _produce_stage(ctx, name, key, fn, use_cache, folder)
+
+
+def _produce_stage(ctx: RunContext, name: str, key: str, fn: StageFn, use_cache: bool,
+                   folder: Path) -> StageOutcome:
+    """Run (or take from the cache) one stage, holding its lock: ``done.json`` is checked only now, so a
+    stage another run just finished is taken from the cache, not made twice."""
+    done = folder / DONE_FILE
+    state = ctx.run_state
     cached = use_cache and done.is_file() and name != "handoff"
     resume_id = state.interrupted_run(name, key) if state is not None and not cached else None
     if not cached and resume_id is None:

@@ -12,9 +12,17 @@ from typing import Any
 
 import mlflow
 
+from recipes.locks import hold
 from recipes.preflight import check_tracking_uri
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+"""The value MLflow 3's UI reads as "Model training" (its ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``): the
+experiment page then opens on the runs table, not on the GenAI traces overview it guesses for an untagged one."""
+GUESSED_KINDS = ("", "no_inferred_type", "genai_development_inferred", "custom_model_development_inferred")
+"""Values the UI writes when it guessed: replaced by ours; a kind someone chose by hand is kept."""
+_PREPARED: set[str] = set()  # store URIs whose schema this process has made sure of
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -32,15 +40,40 @@ def local_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri()
 
 
+def prepare_store(tracking_uri: str) -> None:
+    """Create a local SQLite store's schema under a lock beside the file (``mlflow.db.lock``).
+
+    MLflow creates a new store's tables with unlocked migrations, so two processes opening one new
+    ``mlflow.db`` at once crash (``table ... already exists``, alembic ``expected to match one row``).
+    The first process here creates the schema while later ones wait on the lock, then find it made.
+    Servers and other databases are left to their own server."""
+    if tracking_uri in _PREPARED or not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with hold(db.with_name(db.name + ".lock"), f"the MLflow store {db} being created", quiet=True):
+        client = mlflow.MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)  # the tracking store: creates every table
+        client.search_registered_models(max_results=1)  # the registry store checks them too
+    _PREPARED.add(tracking_uri)
+
+
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The experiment's id, creating it (with artifacts beside a local store) and making it active."""
+    """The experiment's id, creating it (with artifacts beside a local store) and making it active; it is
+    tagged as a model-training experiment (``MODEL_TRAINING_KIND``) so the UI opens on its runs."""
+    prepare_store(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    location = local_artifact_location(tracking_uri)
-    if location is not None and client.get_experiment_by_name(name) is None:
+    if client.get_experiment_by_name(name) is None:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another process
-            client.create_experiment(name, artifact_location=location)
+            client.create_experiment(name, artifact_location=local_artifact_location(tracking_uri),
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:  # deleted meanwhile: let MLflow say so
+        raise mlflow.exceptions.MlflowException(f"experiment {name!r} vanished from {tracking_uri}")
+    if experiment.tags.get(EXPERIMENT_KIND_TAG, "") in GUESSED_KINDS:  # made by an older ispdc, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.set_experiment(name).experiment_id
+    return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
 
 
 class Tracker:
@@ -54,10 +87,12 @@ class Tracker:
 
     @contextlib.contextmanager
     def parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str],
-               nested: bool = False, run_id: str | None = None) -> Iterator[str]:
-        """The run that holds the stage runs; ``nested`` for a sweep point under the sweep's run;
-        ``run_id`` re-opens the parent of an interrupted run (resume)."""
-        with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags, nested=nested) as run:
+               nested: bool = False, run_id: str | None = None, parent_run_id: str | None = None) -> Iterator[str]:
+        """The run that holds the stage runs; ``nested`` for a sweep point under the active run,
+        ``parent_run_id`` for one under a sweep run this process did not open; ``run_id`` re-opens the
+        parent of an interrupted run (resume)."""
+        with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags, nested=nested,
+                              parent_run_id=None if run_id else parent_run_id) as run:
             self.parent_run_id = run.info.run_id
             mlflow.log_params({k: _param_value(v) for k, v in params.items()})
             yield run.info.run_id
@@ -92,6 +127,27 @@ class Tracker:
             mlflow.log_artifacts(str(path), artifact_path=artifact_path)
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def create_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
+               tags: dict[str, str]) -> str:
+    """A run no process enters (``RUNNING`` until ``end_run``): a fanned-out sweep's parent, which point
+    runs in other processes nest under (``Tracker.parent(parent_run_id=...)``)."""
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    return run_id
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+def log_artifact_to(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log a file on a run that is not the active one."""
+    mlflow.MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
 def _logged_steps(run_id: str) -> dict[str, int]:
