@@ -4,6 +4,11 @@ and Pareto plots (PSNR vs latency, PSNR vs size) as PNG and self-contained inter
 Rows are the runs that hold the stages (a recipe run, or each point of a sweep): they carry the summary
 metrics of ``recipes.metric_keys``.  A row is Pareto-optimal when no other row is at least as good on
 every objective (higher PSNR, lower latency, smaller size) and better on one.
+
+The MAI 2021 / 2022 scores are computed here from the table's latency, and only when that latency was
+measured at the deployment frame size (``latency_ms_frame_<fmt>_<n>t``): the challenges define them on
+a Full-HD frame's runtime.  A run timed only on the export tile gets "n/a", never a tile-based score
+(scores an older ispdc logged from tile timings are not shown either).
 """
 from __future__ import annotations
 
@@ -13,10 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.metric_keys import challenge_scores, headline_latency_key
+from recipes.metric_keys import (
+    LATENCY_PATTERN,
+    SCORE_METRICS,
+    challenge_scores,
+    frame_format,
+    headline_latency_key,
+    is_frame_latency,
+)
 
 SUMMARY_KINDS = ("recipe", "point")
 TABLE_COLUMNS = ("psnr", "ssim", "size_kb", "macs", "latency_ms", "mai2021_score", "mai2022_score")
+SIZE_PARAMS = {True: "export.frame_size", False: "export.input_size"}
+"""The recipe param that says at what size a frame (True) or a tile (False) latency was measured."""
 
 
 class CompareError(ValueError):
@@ -30,6 +44,7 @@ class Row:
     experiment: str
     metrics: dict[str, float]
     pareto: bool = False
+    params: dict[str, str] = field(default_factory=dict)
 
     def get(self, key: str) -> float:
         return self.metrics.get(key, math.nan)
@@ -40,6 +55,39 @@ class Comparison:
     rows: list[Row]
     latency_key: str | None
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def latency_label(self) -> str:
+        """What the latency column measured: runtime, threads and size (``latency_label``)."""
+        return latency_label(self.latency_key, self.rows)
+
+    @property
+    def scored(self) -> bool:
+        """Whether the MAI scores were computed (the latency is a frame-size one)."""
+        return self.latency_key is not None and is_frame_latency(self.latency_key)
+
+
+def _size(text: str | None) -> str:
+    """``[1088, 1920]`` (a logged param) as ``1088x1920``; '' when absent or None."""
+    digits = "".join(c if c.isdigit() else " " for c in text or "").split()
+    return "x".join(digits)
+
+
+def latency_label(key: str | None, rows: Sequence[Row] = ()) -> str:
+    """``TFLite int8, 2 threads, 1088x1920 frame`` for ``latency_ms_frame_tflite_int8_2t`` (the size from
+    the rows' ``export.frame_size`` / ``export.input_size`` params when they agree)."""
+    match = LATENCY_PATTERN.match(key or "")
+    if match is None:
+        return key or "no latency logged"
+    frame = is_frame_latency(key or "")
+    fmt = match["fmt"].removeprefix(frame_format("")) if frame else match["fmt"]
+    runtime, _, variant = fmt.partition("_")
+    runtime = {"tflite": "TFLite", "onnx": "ONNX Runtime"}.get(runtime, runtime)
+    sizes = {_size(r.params.get(SIZE_PARAMS[frame])) for r in rows} - {""}
+    size = sizes.pop() if len(sizes) == 1 else ""
+    where = f"{size} frame" if frame else f"{size + ' ' if size else ''}tile (export input)"
+    threads = int(match["threads"])
+    return f"{runtime} {variant.replace('_', ' ')}".strip() + f", {threads} thread{'s' * (threads != 1)}, {where}"
 
 
 def pareto_mask(points: Sequence[Sequence[float]], maximise: Sequence[bool]) -> list[bool]:
@@ -96,21 +144,26 @@ def fetch_rows(tracking_uri: str, experiments: Sequence[str] | None = None, reci
         kind = run.data.tags.get("run_kind")
         is_summary = kind in SUMMARY_KINDS if kind else "stage" not in run.data.tags
         if is_summary and "psnr" in run.data.metrics:
+            params = {k: v for k, v in run.data.params.items() if k in SIZE_PARAMS.values()}
             rows.append(Row(run.info.run_id, run.info.run_name or run.info.run_id[:8],
-                            names[run.info.experiment_id], dict(run.data.metrics)))
+                            names[run.info.experiment_id], dict(run.data.metrics), params=params))
     return rows
 
 
 def trade_off(rows: list[Row], latency_key: str | None = None) -> Comparison:
     """Fill ``latency_ms`` (from ``latency_key``, default the headline latency the rows share), the
-    challenge scores, and the Pareto marks (max PSNR, min latency, min size)."""
+    challenge scores (only from a frame-size latency), and the Pareto marks (max PSNR, min latency, min
+    size)."""
     if latency_key is None:
         common = set.intersection(*(set(r.metrics) for r in rows)) if rows else set()
         latency_key = headline_latency_key(common) or headline_latency_key({k for r in rows for k in r.metrics})
     for row in rows:
+        for score in SCORE_METRICS:  # logged by an older ispdc from a tile latency: recomputed or dropped
+            row.metrics.pop(score, None)
         if latency_key and latency_key in row.metrics:
             row.metrics["latency_ms"] = row.metrics[latency_key]
-            row.metrics.update(challenge_scores(row.metrics["psnr"], row.metrics["latency_ms"]))
+            if is_frame_latency(latency_key):
+                row.metrics.update(challenge_scores(row.metrics["psnr"], row.metrics["latency_ms"]))
     keys = [k for k in ("psnr", "latency_ms", "size_kb") if any(not math.isnan(r.get(k)) for r in rows)]
     objectives = [tuple(r.get(k) for k in keys) for r in rows]  # an objective no run reports is left out
     for row, optimal in zip(rows, pareto_mask(objectives, tuple(k == "psnr" for k in keys))):
@@ -119,14 +172,15 @@ def trade_off(rows: list[Row], latency_key: str | None = None) -> Comparison:
 
 
 def format_table(comparison: Comparison) -> str:
-    """A fixed-width table, one row per run, ``*`` on Pareto-optimal rows."""
-    latency = f"latency_ms ({comparison.latency_key})" if comparison.latency_key else "latency_ms"
+    """A fixed-width table, one row per run, ``*`` on Pareto-optimal rows; the latency header names the
+    runtime, threads and size, and the footer the metric key and where the scores come from."""
+    latency = f"latency_ms ({comparison.latency_label})"
     heads = ["", "run", "psnr", "ssim", "size_kb", "macs", latency, "mai2021", "mai2022"]
     body = []
     for r in comparison.rows:
         def num(key: str, fmt: str, r: Any = r) -> str:
             value = r.get(key)
-            return "-" if math.isnan(value) else format(value, fmt)
+            return ("n/a" if key in SCORE_METRICS else "-") if math.isnan(value) else format(value, fmt)
 
         body.append(["*" if r.pareto else "", r.name, num("psnr", ".2f"), num("ssim", ".4f"), num("size_kb", ".1f"),
                      num("macs", ",.0f"), num("latency_ms", ".2f"), num("mai2021_score", ".2f"),
@@ -137,6 +191,10 @@ def format_table(comparison: Comparison) -> str:
     for cells in body:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     lines.append("* Pareto-optimal: no other run has higher PSNR, lower latency and smaller size at once")
+    if comparison.latency_key:
+        lines.append(f"latency: {comparison.latency_key} ({comparison.latency_label}); " + (
+            "MAI 2021/2022 scores from it" if comparison.scored else
+            "MAI scores n/a: they are defined on a whole frame's runtime (set export.frame_size)"))
     return "\n".join(lines)
 
 
@@ -159,7 +217,7 @@ def write_plots(comparison: Comparison, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    axes = [("latency_ms", f"latency ms ({comparison.latency_key or 'n/a'})", "pareto_psnr_latency"),
+    axes = [("latency_ms", f"latency ms ({comparison.latency_label})", "pareto_psnr_latency"),
             ("size_kb", "size KB", "pareto_psnr_size")]
     for key, label, stem in axes:
         rows = [r for r in comparison.rows if not math.isnan(r.get(key)) and not math.isnan(r.get("psnr"))]
