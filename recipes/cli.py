@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                      "workdir was interrupted (default: resume it into the same MLflow runs)")
     run.add_argument("--nproc", type=int, default=1, metavar="N", help="train on N processes: relaunches "
                      "itself under torchrun (DDP; gloo on CPU, nccl on CUDA); batch_size is the global batch")
+    run.add_argument("--point", "--points", dest="points", action="append", default=[], metavar="I|I..J",
+                     help="sweeps: run only these points (I, I..J inclusive, I,J,K; repeatable), e.g. one per "
+                     "Slurm array task; all processes of a sweep share one parent run, finished points are "
+                     "skipped, a killed one resumes")
 
     cli_tracking.add_commands(sub)  # compare, register, alias, handoff --from-registry
     sub.add_parser("list", help="built-in recipes, teachers and students (with the plugin that adds each)")
@@ -106,8 +110,19 @@ def _run_or_validate(args: argparse.Namespace, argv: list[str] | None) -> int:
         return fail(str(exc), EXIT_BAD_INPUT)
 
     if args.command == "validate":
-        print(f"{path}: ok ({recipe.name})")
+        from recipes.loader import expand_sweep
+
+        points = expand_sweep(recipe, path) if recipe.sweep else []
+        print(f"{path}: ok ({recipe.name}" + (f", sweep of {len(points)} points 0..{len(points) - 1})" if points
+                                              else ")"))
+        for point in points:
+            print(f"  p{point.index:02d} {point.label}")
         return 0
+    if args.points and not recipe.sweep:
+        return fail(f"{path}: --point/--points: {recipe.name} is not a sweep (it has no sweep: block)", EXIT_BAD_INPUT)
+    if args.points and args.no_resume:
+        return fail("--no-resume starts a new sweep run; give it to one process running the whole sweep, not "
+                    "with --point", EXIT_BAD_INPUT)
 
     from distill import distributed
     from distill.data.errors import DataError
@@ -117,6 +132,8 @@ def _run_or_validate(args: argparse.Namespace, argv: list[str] | None) -> int:
     from recipes.tracking import default_tracking_uri
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter (after mlflow's own setup)
+    if not sys.stderr.isatty():  # a log, not a terminal: no artifact-upload bars (ours: distill.progress)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     if args.nproc < 1:
         return fail(f"--nproc must be at least 1; got {args.nproc}", EXIT_BAD_INPUT)

@@ -125,26 +125,36 @@ def _compare(args: argparse.Namespace) -> int:
 
 def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir: Path,
                       progress: Callable[[Any], None]) -> int:
-    """``ispdc run`` of a sweep recipe: every point, then one table row per point and the plots."""
-    from recipes.compare import compare_runs, format_table
+    """``ispdc run`` of a sweep recipe: its points (all, or ``--point``/``--points``) that no other process
+    has finished or is running, then one table row per finished point and, once all are, the plots."""
+    from recipes.compare import CompareError, compare_runs, format_table
+    from recipes.loader import RecipeError, expand_sweep, select_points
     from recipes.sweep import run_sweep
     from recipes.tracking import default_tracking_uri
 
     def on_point(point: Any) -> None:
         print(f"point {point.index}: {point.label}", flush=True)
 
+    try:
+        points = select_points(args.points, len(expand_sweep(recipe, path)), path) if args.points else None
+    except RecipeError as exc:
+        return fail(str(exc), EXIT_BAD_INPUT)
     sweep_id, results = run_sweep(recipe, path, workdir, tracking_uri=args.tracking_uri, use_cache=not args.no_cache,
-                                  on_stage=progress, on_point=on_point)
+                                  on_stage=progress, on_point=on_point, points=points, resume=not args.no_resume,
+                                  say=lambda line: print(line, flush=True))
     uri = args.tracking_uri or default_tracking_uri(workdir)
-    comparison = compare_runs(uri, experiments=[recipe.name], parent=sweep_id)
     print()
-    print(format_table(comparison))
+    try:
+        print(format_table(compare_runs(uri, experiments=[recipe.name], parent=sweep_id)))
+    except CompareError:
+        print("no finished points yet")
     print()
     for result in results:
         ran = [o.name for o in result.outcomes if not o.cached]
         print(f"p{result.point.index:02d}: ran {', '.join(ran) or 'nothing (all cached)'}; "
               f"{sum(o.seconds for o in result.outcomes):.1f} s")
-    print(f"plots           : {Path(workdir) / 'compare'} (also logged on the sweep run)")
+    print(f"plots           : {Path(workdir) / 'compare'} (once every point finished; also on the sweep run)")
     print(f"MLflow store    : {uri} (sweep run {sweep_id})")
+    print(f"compare again   : .venv/bin/ispdc compare --tracking-uri {uri} --parent {sweep_id}")
     print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
     return EXIT_OK

@@ -227,3 +227,22 @@ def expand_sweep(recipe: Recipe, path: Path | str = "<recipe>") -> list[SweepPoi
             problems = format_validation_error(Path(str(path)), exc).replace(f"{path}: ", "")
             raise RecipeError(f"{path}: sweep point {index} [{label}]: {problems}") from None
     return points
+
+
+def select_points(specs: list[str], count: int, path: Path | str = "<recipe>") -> list[int]:
+    """The point indices ``--point I`` / ``--points I..J`` name (``I..J`` inclusive, ``I,J,K`` a list), in
+    order without repeats; every index must be one of the sweep's ``count`` points."""
+    chosen: list[int] = []
+    for spec in specs:
+        for part in filter(None, (p.strip() for p in str(spec).split(","))):
+            first, dots, last = part.partition("..")
+            try:
+                lo, hi = int(first), int(last if dots else first)
+            except ValueError:
+                raise RecipeError(f"{path}: --points {spec!r}: expected I, I..J or I,J,K (point indices)") from None
+            bad = [i for i in (lo, hi) if not 0 <= i < count]
+            if bad or hi < lo:
+                raise RecipeError(f"{path}: --points {spec!r}: the sweep has points 0..{count - 1}"
+                                  + (f"; {bad[0]} is not one" if bad else f"; {lo}..{hi} is empty"))
+            chosen += [i for i in range(lo, hi + 1) if i not in chosen]
+    return chosen

@@ -3,11 +3,7 @@ every training step exactly once, and ends with the metrics of an uninterrupted 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +12,9 @@ import pytest
 from distill.checkpointing import load_checkpoint
 from recipes.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from kill_helpers import kill_at_first_checkpoint  # noqa: E402
+
 STUDENT_STEPS = 24
 TINY = [
     "run_until=student", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
@@ -55,17 +53,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("killed")
-    proc = subprocess.Popen([sys.executable, "-m", "recipes.cli", *_args(workdir)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while not list((workdir / "stages").glob("student-*/checkpoint.pt")):
-            assert proc.poll() is None, "the run ended before its first student checkpoint"
-            assert time.monotonic() < deadline, "no student checkpoint within 240 s"
-            time.sleep(0.02)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_at_first_checkpoint(_args(workdir), workdir, timeout_s=240)
     student = _student_folder(workdir)
     killed_at = load_checkpoint(student / "checkpoint.pt")["step"]
     state = json.loads((workdir / "run_state.json").read_text())
