@@ -53,11 +53,13 @@ def _deployment_lines(card: dict[str, Any]) -> list[str]:
                else "converting the ONNX model exported at this size")
         lines += [f"## At the frame size ({h}x{w} output, packed input {ph}x{pw})",
                   f"`{frame['file']}` is the shipped variant at this size (built by {how}). "
-                  f"Quality: {frame['evaluation']}. Latency: XNNPACK, {frame['threads']} thread(s), median of "
-                  f"{frame['latency_runs']} on the build machine (indicative only).", "",
-                  "| model | PSNR dB | SSIM | parity vs PyTorch dB | latency ms |", "|---|---|---|---|---|"]
-        lines += [f"| {fmt} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | "
-                  f"{frame['latency_ms'][fmt]:.1f} |" for fmt, m in frame["quality"].items()]
+                  f"Quality: {frame['evaluation']}. Latency: the interpreter's default delegates (XNNPACK), "
+                  f"{frame['threads']} thread(s), median of the runs shown, on the build machine (indicative "
+                  "only).", "",
+                  "| model | PSNR dB | SSIM | parity vs PyTorch dB | latency ms (runs) |", "|---|---|---|---|---|"]
+        ms, runs = frame["latency_ms"], frame["latency_runs"]
+        lines += [f"| {fmt} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['parity_psnr_db']:.2f} | {ms[fmt]:.1f} "
+                  f"({runs[fmt]}) |" for fmt, m in frame["quality"].items()]
         lines.append("")
     delegates = card.get("delegates")
     if delegates:
@@ -109,8 +111,6 @@ def render_readme(card: dict[str, Any]) -> str:
         f"`tflite_{card.get('variant', 'int8')}`, the others were built and gated alongside.",
         "",
         *_quality_lines(q),
-        "",
-        *_deployment_lines(card),
     ]
     cost = card["cost"]
     by_threads = cost.get("latency_ms_by_threads") or {str(cost["latency_threads"]): cost["latency_ms"]}
@@ -122,6 +122,7 @@ def render_readme(card: dict[str, Any]) -> str:
         + ", ".join(f"{ms:.2f} ms with {n} thread(s)" for n, ms in by_threads.items()),
         *hash_lines(card),
         "",
+        *_deployment_lines(card),
         "## Provenance",
         *[f"- {k}: {v}" for k, v in card["provenance"].items()],
         "",
