@@ -270,7 +270,7 @@ class Rendered:
     def __init__(self, rgb: np.ndarray, model: str, tile: tuple[int, int], tiles: int, overlap: int,
                  overlap_source: str, blend: int, threads: int, invoke_seconds: float, tile_seconds: float,
                  warning: str | None) -> None:
-        self.rgb = rgb  # (3, 2H, 2W) float32
+        self.rgb = rgb  # (2H, 2W, 3) float32
         self.model, self.tile, self.tiles = model, tile, tiles
         self.overlap, self.overlap_source, self.blend, self.threads = overlap, overlap_source, blend, threads
         self.invoke_seconds, self.tile_seconds, self.warning = invoke_seconds, tile_seconds, warning
@@ -284,11 +284,11 @@ def run(model_path: Path, packed_nhwc: np.ndarray, num_threads: int = 2) -> np.n
 
 def render(packed: np.ndarray, bundle: Path | str, card: dict[str, Any], model: str = "auto", threads: int = 2,
            overlap: int | None = None, blend: int | None = None, allow_modified: bool = False) -> Rendered:
-    """Packed RAW ``(4, H, W)`` (``PACKED_ORDER``, [0, 1]) -> sRGB ``(3, 2H, 2W)`` through the bundle, in tiles."""
+    """Packed RAW ``(4, H, W)`` (``PACKED_ORDER``, [0, 1]) -> sRGB ``(2H, 2W, 3)`` through the bundle, in tiles."""
     bundle = Path(bundle)
     if threads < 1:
         raise ValueError(f"--threads must be >= 1; got {threads}")
-    inputs = packed[channel_index(card)]
+    inputs = np.ascontiguousarray(packed[channel_index(card)].transpose(1, 2, 0))  # NHWC, as the model takes it
     name = choose_model(bundle, card, (packed.shape[1], packed.shape[2]), model)
     if not (bundle / name).is_file():
         raise BundleError(f"{bundle}: no {name} in the bundle")
@@ -298,10 +298,10 @@ def render(packed: np.ndarray, bundle: Path | str, card: dict[str, Any], model: 
     except (ValueError, RuntimeError) as exc:
         raise BundleError(f"{bundle / name}: cannot load the model ({exc})") from None
     overlap, source, blend = tiling_options(card, runner, overlap, blend)
-    count = tiling.plan_tiles(inputs.shape[1], inputs.shape[2], runner.tile, overlap, blend).count
+    count = tiling.plan_tiles(inputs.shape[0], inputs.shape[1], runner.tile, overlap, blend).count
     runner.invoke_seconds = 0.0  # the receptive-field probe above does not count
     start = time.perf_counter()
-    rgb = tiling.tiled_inference(inputs, runner, runner.tile, overlap, blend=blend,
+    rgb = tiling.tiled_inference(inputs, runner.nhwc, runner.tile, overlap, blend=blend, channels_last=True,
                                  batch=runner.batch * max(1, tiling.TFLITE_TILES_PER_CALL // runner.batch))
     return Rendered(rgb, name, runner.tile, count, overlap, source, blend, threads, runner.invoke_seconds,
                     time.perf_counter() - start, warning)

@@ -124,7 +124,7 @@ def _tiles(padded: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, int, 
     th, tw = plan.tile
     for iy, y in enumerate(plan.starts_y):
         for ix, x in enumerate(plan.starts_x):
-            yield iy, ix, y, x, padded[:, y : y + th, x : x + tw]
+            yield iy, ix, y, x, padded[y : y + th, x : x + tw]
 
 
 def tiled_inference(
@@ -136,24 +136,34 @@ def tiled_inference(
     batch: int = 1,
     scale: int = 2,
     align: int = 1,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Packed RAW ``(4, H, W)`` -> output ``(C, scale*H, scale*W)`` float32 through ``run_batch`` in tiles.
 
     ``run_batch`` gets up to ``batch`` tiles ``(n, 4, th, tw)`` at a time and returns
-    ``(n, C, scale*th, scale*tw)``.  ``overlap`` should be at least the model's receptive-field margin
-    (``receptive_field_margin``); see the module docstring for the layout.
+    ``(n, C, scale*th, scale*tw)``.  With ``channels_last`` everything is NHWC instead: ``packed`` is
+    ``(H, W, 4)``, tiles ``(n, th, tw, 4)``, outputs ``(n, scale*th, scale*tw, C)`` and the result
+    ``(scale*H, scale*W, C)``: what a TFLite model takes and gives, with no transposes (the layout the
+    work is done in, so both give the same numbers).  ``overlap`` should be at least the model's
+    receptive-field margin (``receptive_field_margin``); see the module docstring for the layout.
     """
     packed = np.asarray(packed, dtype=np.float32)
     if packed.ndim != 3:
-        raise ValueError(f"packed RAW must be (C, H, W); got shape {packed.shape}")
+        raise ValueError(f"packed RAW must be ({'H, W, C' if channels_last else 'C, H, W'}); got shape {packed.shape}")
+    if not channels_last:
+        def run_nhwc(x: np.ndarray) -> np.ndarray:
+            return np.asarray(run_batch(x.transpose(0, 3, 1, 2))).transpose(0, 2, 3, 1)
+
+        hwc = tiled_inference(packed.transpose(1, 2, 0), run_nhwc, tile, overlap, blend, batch, scale, align, True)
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
     if batch < 1 or scale < 1:
         raise ValueError(f"batch and scale must be >= 1; got {batch}, {scale}")
-    _, h, w = packed.shape
+    h, w, _ = packed.shape
     plan = plan_tiles(h, w, tile, overlap, blend, align)
     th, tw = plan.tile
     ph, pw = plan.padded_size
     pad = plan.pad_before
-    padded = np.pad(packed, ((0, 0), (pad, ph - h - pad), (pad, pw - w - pad)), mode="reflect")
+    padded = np.pad(packed, ((pad, ph - h - pad), (pad, pw - w - pad), (0, 0)), mode="reflect")
     # neighbours share tile - step pixels: the context band on each side, the cross-fade in between
     ramp_y = th - plan.starts_y[1] - 2 * overlap if len(plan.starts_y) > 1 else 0
     ramp_x = tw - plan.starts_x[1] - 2 * overlap if len(plan.starts_x) > 1 else 0
@@ -165,11 +175,11 @@ def tiled_inference(
         nonlocal out
         x = np.stack([p[4] for p in pending])
         y = np.asarray(run_batch(x), dtype=np.float32)
-        if y.ndim != 4 or len(y) != len(x) or y.shape[2:] != (scale * th, scale * tw):
-            raise ValueError(f"run_batch returned shape {y.shape} for tiles {x.shape}; expected "
-                             f"({len(x)}, C, {scale * th}, {scale * tw}) (scale {scale})")
+        if y.ndim != 4 or len(y) != len(x) or y.shape[1:3] != (scale * th, scale * tw):
+            raise ValueError(f"run_batch returned shape {y.shape} (NHWC) for tiles {x.shape}; expected "
+                             f"({len(x)}, {scale * th}, {scale * tw}, C) (scale {scale})")
         if out is None:
-            out = np.zeros((y.shape[1], scale * h, scale * w), dtype=np.float32)
+            out = np.zeros((scale * h, scale * w, y.shape[3]), dtype=np.float32)
         for (iy, ix, ty, tx, _), tile_out in zip(pending, y):
             wy = _window(th, overlap, ramp_y, iy > 0, iy < len(plan.starts_y) - 1)
             wx = _window(tw, overlap, ramp_x, ix > 0, ix < len(plan.starts_x) - 1)
@@ -178,11 +188,11 @@ def tiled_inference(
             x0, x1 = max(tx, pad), min(tx + tw, pad + w)
             wt = np.outer(wy[y0 - ty : y1 - ty], wx[x0 - tx : x1 - tx])
             weight[y0 - pad : y1 - pad, x0 - pad : x1 - pad] += wt
-            crop = tile_out[:, scale * (y0 - ty) : scale * (y1 - ty), scale * (x0 - tx) : scale * (x1 - tx)]
+            crop = tile_out[scale * (y0 - ty) : scale * (y1 - ty), scale * (x0 - tx) : scale * (x1 - tx)]
             hh, ww = y1 - y0, x1 - x0  # each packed pixel's weight applies to its scale x scale output block
-            weighted = crop.reshape(-1, hh, scale, ww, scale) * wt[None, :, None, :, None]
-            out[:, scale * (y0 - pad) : scale * (y1 - pad), scale * (x0 - pad) : scale * (x1 - pad)] += (
-                weighted.reshape(-1, scale * hh, scale * ww))
+            weighted = crop.reshape(hh, scale, ww, scale, -1) * wt[:, None, :, None, None]
+            out[scale * (y0 - pad) : scale * (y1 - pad), scale * (x0 - pad) : scale * (x1 - pad)] += (
+                weighted.reshape(scale * hh, scale * ww, -1))
         pending.clear()
 
     for item in _tiles(padded, plan):
@@ -194,7 +204,7 @@ def tiled_inference(
     assert out is not None
     if weight.min() <= 0:  # cannot happen with the plan above; guards future edits of the layout
         raise AssertionError("tile weights leave pixels uncovered")
-    out.reshape(out.shape[0], h, scale, w, scale)[...] /= weight[None, :, None, :, None]  # in place, no copy
+    out.reshape(h, scale, w, scale, -1)[...] /= weight[:, None, :, None, None]  # in place, no copy
     return out
 
 
@@ -250,15 +260,17 @@ class TFLiteModel:
         self.invocations += 1
         return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Any number of tiles; the last group is filled up to the model's fixed batch and trimmed."""
+    def nhwc(self, x: np.ndarray) -> np.ndarray:
+        """Any number of NHWC tiles; the last group is filled up to the model's fixed batch and trimmed."""
         n = len(x)
         fill = (-n) % self.batch
         if fill:
             x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
-        nhwc = np.transpose(np.asarray(x, dtype=np.float32), (0, 2, 3, 1))
-        out = np.concatenate([self.run_nhwc(nhwc[i : i + self.batch]) for i in range(0, len(nhwc), self.batch)])
-        return np.transpose(out, (0, 3, 1, 2))[:n]
+        return np.concatenate([self.run_nhwc(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])[:n]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Any number of NCHW tiles (the layout ``tiled_inference`` and the probes use by default)."""
+        return np.transpose(self.nhwc(np.transpose(np.asarray(x, dtype=np.float32), (0, 2, 3, 1))), (0, 3, 1, 2))
 
 
 def tflite_runner(path: Path | str, num_threads: int = 2) -> TFLiteModel:
@@ -271,8 +283,10 @@ def tiled_tflite(packed: np.ndarray, model: Path | str | TFLiteModel, overlap: i
     """``tiled_inference`` through a TFLite model at its own input size, several batches per call."""
     if not isinstance(model, TFLiteModel):
         model = TFLiteModel(model, num_threads)
-    return tiled_inference(packed, model, model.tile, overlap, blend=blend,
-                           batch=model.batch * max(1, TFLITE_TILES_PER_CALL // model.batch), align=align)
+    out = tiled_inference(np.asarray(packed, dtype=np.float32).transpose(1, 2, 0), model.nhwc, model.tile, overlap,
+                          blend=blend, batch=model.batch * max(1, TFLITE_TILES_PER_CALL // model.batch), align=align,
+                          channels_last=True)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 # --------------------------------------------------------------------------- receptive field

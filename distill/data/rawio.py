@@ -128,11 +128,11 @@ def read_array(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def to_pixels(rgb: np.ndarray) -> np.ndarray:
-    """Float sRGB ``(3, H, W)`` in [0, 1] -> 8-bit ``(H, W, 3)``; works in place on ``rgb`` (144 MB at 12 MP)."""
+    """Float sRGB ``(H, W, 3)`` in [0, 1] -> 8-bit; works in place on ``rgb`` (144 MB at 12 MP)."""
     np.clip(rgb, 0.0, 1.0, out=rgb)
     rgb *= 255.0
     rgb += 0.5
-    return np.ascontiguousarray(rgb.astype(np.uint8).transpose(1, 2, 0))
+    return rgb.astype(np.uint8)
 
 
 def write_png(pixels: np.ndarray, path: Path, level: int = PNG_COMPRESS_LEVEL) -> None:
@@ -162,11 +162,11 @@ def check_output(path: Path) -> str:
 
 
 def write_image(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Float sRGB ``(3, H, W)`` -> ``path`` (.png / .ppm 8-bit, .npy float32 ``(H, W, 3)`` in [0, 1]);
-    returns the 8-bit pixels (consumes ``rgb``)."""
+    """Float sRGB ``(H, W, 3)`` -> ``path`` (.png / .ppm 8-bit, .npy float32 in [0, 1]); returns the 8-bit
+    pixels (consumes ``rgb``)."""
     suffix = check_output(path)
     if suffix == ".npy":
-        np.save(path, np.clip(rgb, 0.0, 1.0).transpose(1, 2, 0))
+        np.save(path, np.clip(rgb, 0.0, 1.0))
     pixels = to_pixels(rgb)
     if suffix == ".png":
         write_png(pixels, path)

@@ -1,0 +1,159 @@
+"""The whole ``ispdc process`` command on a 12 MP mosaic against the time its interpreter spends on the tiles.
+
+The issue's target: the command (a fresh process: start-up, imports, read, pack, tiles, blend, PNG) within
+1.5x of the interpreter's own ``invoke`` time, which ``process`` reports.  The bundle's ``run_model.py``
+runs on the same file and must write the same PNG byte for byte.
+
+The input is **synthetic from real data**: the real 2592 x 304 GRBG capture in ``../shared/data/real-raw``
+(Halide's sample) repeated to 4000 x 3000 and written as a 16-bit PGM; without ``../shared`` the embedded
+photograph, unprocessed to a mosaic and repeated.  The bundle is ``runs/quickstart/handoff/*`` when one
+exists, else an untrained Smallnet (width 16) exported INT8 at a 256 x 256 packed input (built once,
+cached under ``runs/bench_process_speed``: onnx2tf takes a minute).
+
+    python -m benchmarks.process_speed --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.report import ROOT, machine, publish
+from compress.bundle.card import input_size_section
+from compress.bundle.write import golden_tolerance, write_bundle
+from compress.export.onnx_export import export_onnx
+from compress.export.tflite import convert_onnx_to_tflite
+from compress.export.tflite_inspect import tflite_io_details
+from compress.runtime.parity import run_tflite
+from distill.data.bayer import PACKED_ORDER, mosaic_rgb
+from distill.data.embedded import load_embedded
+from distill.data.rawio import read_mosaic
+from students import create_student
+
+REAL_PGM = ROOT.parent / "shared" / "data" / "real-raw" / "bayer_2592_304.pgm"
+CACHE = ROOT / "runs" / "bench_process_speed"
+SIZE = (3000, 4000)  # mosaic rows, columns: 12 MP
+_TIME = re.compile(r"time\s+: ([\d.]+) s \(read ([\d.]+), tiles ([\d.]+) of which interpreter ([\d.]+), "
+                   r"write ([\d.]+)\)")
+
+
+def mosaic_file(folder: Path) -> tuple[Path, str, str]:
+    """The 12 MP PGM and what it was made from."""
+    path = folder / "mosaic_12mp.pgm"
+    if REAL_PGM.is_file():
+        tile, source = read_mosaic(REAL_PGM), f"real GRBG capture {REAL_PGM.name} (2592x304) repeated"
+    else:
+        pair = load_embedded()[0]
+        rgb = np.transpose(pair.rgb, (1, 2, 0)) ** 2.2
+        tile = (mosaic_rgb(rgb, "GRBG") * 998 + 25).astype(np.uint16)
+        source = "embedded photograph, linearised, mosaicked GRBG and repeated"
+    reps = (-(-SIZE[0] // tile.shape[0]), -(-SIZE[1] // tile.shape[1]))
+    mosaic = np.tile(tile, reps)[: SIZE[0], : SIZE[1]]
+    path.write_bytes(f"P5 {SIZE[1]} {SIZE[0]} 65535\n".encode() + mosaic.astype(">u2").tobytes())
+    return path, source, "GRBG"
+
+
+def bundle_folder() -> tuple[Path, str]:
+    """The quickstart bundle, else a cached untrained INT8 Smallnet bundle at 256 x 256 packed."""
+    found = sorted((ROOT / "runs" / "quickstart" / "handoff").glob("*/model_card.json"))
+    if found:
+        return found[0].parent, f"quickstart bundle {found[0].parent.name}"
+    bundle = CACHE / "bundle"
+    if not (bundle / "model_card.json").is_file():
+        build_bundle(bundle)
+    return bundle, "untrained Smallnet width 16, INT8, 256x256 packed input (built here)"
+
+
+def build_bundle(dest: Path) -> None:
+    torch.manual_seed(0)
+    model = create_student("smallnet", width=16).eval()
+    work = CACHE / "export"
+    work.mkdir(parents=True, exist_ok=True)
+    onnx = export_onnx(model, work / "smallnet.onnx", (1, 4, 256, 256))
+    frames = np.random.default_rng(1).random((8, 4, 256, 256)).astype(np.float32)
+    tflite = convert_onnx_to_tflite(onnx, work, frames, int8_io=True, modes=("int8",))["int8"]
+    io = tflite_io_details(tflite)
+    inp, out = io["inputs"][0], io["outputs"][0]
+    golden_in = frames[:1]
+    golden_out = np.transpose(run_tflite(tflite, golden_in), (0, 2, 3, 1))
+    card = {"name": "bench", "description": "untrained Smallnet (benchmark)", "format": "tflite",
+            "quantization": "int8",
+            "input": {**inp, "layout": "NHWC", "channel_order": list(PACKED_ORDER), "bayer_pattern": "RGGB",
+                      "packing": {"B": "1::2, 1::2"}, "normalisation": "(raw - black) / (white - black)",
+                      "range": [0.0, 1.0]},
+            "output": {**out, "layout": "NHWC", "colour": "sRGB", "range": [0.0, 1.0]},
+            "input_size": input_size_section(model, (256, 256)),
+            "quality": {"tflite_int8": {"psnr": 0.0, "ssim": 0.0, "parity_psnr_db": 0.0}}, "evaluation": "none",
+            "cost": {"size_kb": tflite.stat().st_size / 1024, "params": 0, "macs": 0, "latency_ms": 0.0,
+                     "latency_threads": 2},
+            "golden": {"input": "golden_input.npy", "output": "golden_output.npy", "tolerance": golden_tolerance(out)},
+            "provenance": {"recipe": "benchmarks/process_speed.py"}}
+    write_bundle(dest, tflite, card, np.transpose(golden_in, (0, 2, 3, 1)), golden_out)
+
+
+def run_once(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()}")
+    return wall, done.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    bundle, bundle_source = bundle_folder()
+    mosaic, source, pattern = mosaic_file(CACHE)
+    levels = ["--pattern", pattern, "--black", "25", "--white", "1023", "--threads", str(args.threads)]
+    process = [str(ROOT / ".venv" / "bin" / "ispdc"), "process", str(mosaic), "--bundle", str(bundle), *levels]
+    runner = [sys.executable, str(bundle / "run_model.py"), "--input", str(mosaic), *levels]
+    runs: list[dict[str, Any]] = []
+    same = True
+    for i in range(args.repeats):
+        wall, out = run_once([*process, "-o", str(CACHE / "process.png")])
+        found = _TIME.search(out)
+        assert found, out
+        inner, read, tiles, invoke, write = map(float, found.groups())
+        runner_wall, _ = run_once([*runner, "--output", str(CACHE / "runner.png")])
+        same &= (CACHE / "process.png").read_bytes() == (CACHE / "runner.png").read_bytes()
+        runs.append({"wall_s": wall, "inside_s": inner, "read_s": read, "tiles_s": tiles, "invoke_s": invoke,
+                     "blend_and_cut_s": tiles - invoke, "write_s": write, "outside_s": wall - inner,
+                     "run_model_wall_s": runner_wall})
+        print(f"run {i}: wall {wall:.2f} s, interpreter {invoke:.2f} s, ratio {wall / invoke:.2f}; "
+              f"run_model.py {runner_wall:.2f} s")
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    ratio = median["wall_s"] / median["invoke_s"]
+    tiles = re.search(r"model   : (.*)", out)
+    result = {"machine": machine(), "input": f"{SIZE[1]}x{SIZE[0]} 16-bit PGM mosaic: {source}",
+              "bundle": bundle_source, "model_line": tiles.group(1) if tiles else None, "threads": args.threads,
+              "repeats": args.repeats, "median": median, "ratio_wall_to_interpreter": ratio, "target": 1.5,
+              "run_model_png_identical": same, "runs": runs}
+    m = median
+    rows = ["| whole `ispdc process` (wall) | interpreter invoke | ratio (target <= 1.5) | outside process_file "
+            "(start-up, imports) | read+pack | tiling/blend besides invoke | PNG write | `run_model.py` wall | "
+            "same PNG |", "|---|---|---|---|---|---|---|---|---|",
+            f"| {m['wall_s']:.2f} s | {m['invoke_s']:.2f} s | **{ratio:.2f}** | {m['outside_s']:.2f} s | "
+            f"{m['read_s']:.2f} s | {m['blend_and_cut_s']:.2f} s | {m['write_s']:.2f} s | "
+            f"{m['run_model_wall_s']:.2f} s | {'yes' if same else 'NO'} |"]
+    intro = (f"`python -m benchmarks.process_speed --repeats {args.repeats}` on {machine()}: {result['input']}; "
+             f"{bundle_source}; {args.threads} threads; medians. Wall time of the whole command as a fresh process "
+             f"against the interpreter's own `invoke` time (`process` reports it); `run_model.py` on the same file.")
+    publish("process_speed", "ispdc process on 12 MP: command vs interpreter", intro, rows, result)
+    print(f"ratio {ratio:.2f} (target 1.5); run_model.py PNG identical: {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
