@@ -6,11 +6,12 @@ runs on the same file and must write the same PNG byte for byte.
 
 The input is **synthetic from real data**: the real 2592 x 304 GRBG capture in ``../shared/data/real-raw``
 (Halide's sample) repeated to 4000 x 3000 and written as a 16-bit PGM; without ``../shared`` the embedded
-photograph, unprocessed to a mosaic and repeated.  The bundle is ``runs/quickstart/handoff/*`` when one
-exists, else an untrained Smallnet (width 16) exported INT8 at a 256 x 256 packed input (built once,
-cached under ``runs/bench_process_speed``: onnx2tf takes a minute).
+photograph, linearised, mosaicked and repeated.  The bundles: ``runs/quickstart/handoff/*`` when one
+exists, and untrained Smallnets exported INT8 at a 256 x 256 packed input, one per ``--widths`` (built
+once, cached under ``runs/bench_process_speed``: onnx2tf takes a minute each).  The width sets what the
+interpreter costs, so the ratio is shown for a cheap model and for one whose tiles take seconds.
 
-    python -m benchmarks.process_speed --repeats 3
+    python -m benchmarks.process_speed --repeats 3 --widths 16 64
 """
 from __future__ import annotations
 
@@ -61,21 +62,22 @@ def mosaic_file(folder: Path) -> tuple[Path, str, str]:
     return path, source, "GRBG"
 
 
-def bundle_folder() -> tuple[Path, str]:
-    """The quickstart bundle, else a cached untrained INT8 Smallnet bundle at 256 x 256 packed."""
+def bundle_folders(widths: list[int]) -> list[tuple[Path, str]]:
+    """The quickstart bundle if one exists, and a cached untrained INT8 Smallnet bundle per width."""
     found = sorted((ROOT / "runs" / "quickstart" / "handoff").glob("*/model_card.json"))
-    if found:
-        return found[0].parent, f"quickstart bundle {found[0].parent.name}"
-    bundle = CACHE / "bundle"
-    if not (bundle / "model_card.json").is_file():
-        build_bundle(bundle)
-    return bundle, "untrained Smallnet width 16, INT8, 256x256 packed input (built here)"
+    bundles = [(found[0].parent, f"quickstart bundle {found[0].parent.name}")] if found else []
+    for width in widths:
+        bundle = CACHE / f"bundle_w{width}"
+        if not (bundle / "model_card.json").is_file():
+            build_bundle(bundle, width)
+        bundles.append((bundle, f"untrained Smallnet width {width}, INT8, 256x256 packed input"))
+    return bundles
 
 
-def build_bundle(dest: Path) -> None:
+def build_bundle(dest: Path, width: int) -> None:
     torch.manual_seed(0)
-    model = create_student("smallnet", width=16).eval()
-    work = CACHE / "export"
+    model = create_student("smallnet", width=width).eval()
+    work = CACHE / f"export_w{width}"
     work.mkdir(parents=True, exist_ok=True)
     onnx = export_onnx(model, work / "smallnet.onnx", (1, 4, 256, 256))
     frames = np.random.default_rng(1).random((8, 4, 256, 256)).astype(np.float32)
@@ -108,20 +110,15 @@ def run_once(command: list[str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    bundle, bundle_source = bundle_folder()
-    mosaic, source, pattern = mosaic_file(CACHE)
-    levels = ["--pattern", pattern, "--black", "25", "--white", "1023", "--threads", str(args.threads)]
+def measure(bundle: Path, mosaic: Path, pattern: str, threads: int, repeats: int) -> dict[str, Any]:
+    """Medians over ``repeats`` fresh ``ispdc process`` runs, with ``run_model.py`` on the same file."""
+    levels = ["--pattern", pattern, "--black", "25", "--white", "1023", "--threads", str(threads)]
     process = [str(ROOT / ".venv" / "bin" / "ispdc"), "process", str(mosaic), "--bundle", str(bundle), *levels]
     runner = [sys.executable, str(bundle / "run_model.py"), "--input", str(mosaic), *levels]
-    runs: list[dict[str, Any]] = []
+    runs: list[dict[str, float]] = []
     same = True
-    for i in range(args.repeats):
+    out = ""
+    for i in range(repeats):
         wall, out = run_once([*process, "-o", str(CACHE / "process.png")])
         found = _TIME.search(out)
         assert found, out
@@ -131,27 +128,45 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"wall_s": wall, "inside_s": inner, "read_s": read, "tiles_s": tiles, "invoke_s": invoke,
                      "blend_and_cut_s": tiles - invoke, "write_s": write, "outside_s": wall - inner,
                      "run_model_wall_s": runner_wall})
-        print(f"run {i}: wall {wall:.2f} s, interpreter {invoke:.2f} s, ratio {wall / invoke:.2f}; "
+        print(f"{bundle.name} run {i}: wall {wall:.2f} s, interpreter {invoke:.2f} s, ratio {wall / invoke:.2f}; "
               f"run_model.py {runner_wall:.2f} s")
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    ratio = median["wall_s"] / median["invoke_s"]
-    tiles = re.search(r"model   : (.*)", out)
+    model_line = re.search(r"model   : (.*)", out)
+    return {"median": median, "ratio_wall_to_interpreter": median["wall_s"] / median["invoke_s"],
+            "model_line": model_line.group(1) if model_line else None, "run_model_png_identical": same,
+            "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    args = parser.parse_args(argv)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    mosaic, source, pattern = mosaic_file(CACHE)
+    results = {}
+    for bundle, what in bundle_folders(args.widths):
+        results[what] = measure(bundle, mosaic, pattern, args.threads, args.repeats)
     result = {"machine": machine(), "input": f"{SIZE[1]}x{SIZE[0]} 16-bit PGM mosaic: {source}",
-              "bundle": bundle_source, "model_line": tiles.group(1) if tiles else None, "threads": args.threads,
-              "repeats": args.repeats, "median": median, "ratio_wall_to_interpreter": ratio, "target": 1.5,
-              "run_model_png_identical": same, "runs": runs}
-    m = median
-    rows = ["| whole `ispdc process` (wall) | interpreter invoke | ratio (target <= 1.5) | outside process_file "
-            "(start-up, imports) | read+pack | tiling/blend besides invoke | PNG write | `run_model.py` wall | "
-            "same PNG |", "|---|---|---|---|---|---|---|---|---|",
-            f"| {m['wall_s']:.2f} s | {m['invoke_s']:.2f} s | **{ratio:.2f}** | {m['outside_s']:.2f} s | "
-            f"{m['read_s']:.2f} s | {m['blend_and_cut_s']:.2f} s | {m['write_s']:.2f} s | "
-            f"{m['run_model_wall_s']:.2f} s | {'yes' if same else 'NO'} |"]
-    intro = (f"`python -m benchmarks.process_speed --repeats {args.repeats}` on {machine()}: {result['input']}; "
-             f"{bundle_source}; {args.threads} threads; medians. Wall time of the whole command as a fresh process "
-             f"against the interpreter's own `invoke` time (`process` reports it); `run_model.py` on the same file.")
+              "threads": args.threads, "repeats": args.repeats, "target": 1.5, "bundles": results}
+    rows = ["| bundle | whole `ispdc process` (wall) | interpreter invoke | ratio (target <= 1.5) | start-up + "
+            "imports | read + pack | cut + blend (tiles besides invoke) | PNG write | `run_model.py` wall | same "
+            "PNG |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for what, r in results.items():
+        m = r["median"]
+        rows.append(f"| {what} | {m['wall_s']:.2f} s | {m['invoke_s']:.2f} s | **{r['ratio_wall_to_interpreter']:.2f}**"
+                    f" | {m['outside_s']:.2f} s | {m['read_s']:.2f} s | {m['blend_and_cut_s']:.2f} s | "
+                    f"{m['write_s']:.2f} s | {m['run_model_wall_s']:.2f} s | "
+                    f"{'yes' if r['run_model_png_identical'] else 'NO'} |")
+    intro = (f"`python -m benchmarks.process_speed --repeats {args.repeats} --widths "
+             f"{' '.join(map(str, args.widths))}` on {machine()}: {result['input']}; {args.threads} threads; "
+             f"medians of fresh processes. Wall time of the whole command against the interpreter's own `invoke` "
+             f"time (`process` reports it), and `run_model.py` on the same file (its PNG compared byte for byte).")
     publish("process_speed", "ispdc process on 12 MP: command vs interpreter", intro, rows, result)
-    print(f"ratio {ratio:.2f} (target 1.5); run_model.py PNG identical: {same}")
+    for what, r in results.items():
+        print(f"{what}: ratio {r['ratio_wall_to_interpreter']:.2f} (target 1.5); same PNG: "
+              f"{r['run_model_png_identical']}")
     return 0
 
 

@@ -127,6 +127,36 @@ def _tiles(padded: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, int, 
             yield iy, ix, y, x, padded[y : y + th, x : x + tw]
 
 
+def _ones(window: np.ndarray) -> tuple[int, int]:
+    """The range where a window is exactly 1 (one run: 0, ramp up, 1, ramp down, 0); (0, 0) if none."""
+    ones = np.flatnonzero(window == 1.0)
+    return (int(ones[0]), int(ones[-1]) + 1) if len(ones) else (0, 0)
+
+
+def _accumulate(target: np.ndarray, crop: np.ndarray, wy: np.ndarray, wx: np.ndarray, scale: int) -> None:
+    """``target += crop * outer(wy, wx)`` (each weight over its ``scale x scale`` output block), with the part
+    where both weights are 1 copied instead: there no neighbour has a non-zero weight, so a copy gives the
+    same numbers and saves the multiply-add over ~90 % of the image."""
+
+    def add(rows: tuple[int, int], cols: tuple[int, int]) -> None:
+        (r0, r1), (c0, c1) = rows, cols
+        if r1 > r0 and c1 > c0:
+            part = crop[scale * r0 : scale * r1, scale * c0 : scale * c1]
+            weighted = part.reshape(r1 - r0, scale, c1 - c0, scale, -1) * np.outer(wy[r0:r1], wx[c0:c1])[
+                :, None, :, None, None]
+            target[scale * r0 : scale * r1, scale * c0 : scale * c1] += weighted.reshape(part.shape)
+
+    (a, b), (c, d) = _ones(wy), _ones(wx)
+    if b == a or d == c:
+        add((0, len(wy)), (0, len(wx)))
+        return
+    target[scale * a : scale * b, scale * c : scale * d] = crop[scale * a : scale * b, scale * c : scale * d]
+    add((0, a), (0, len(wx)))
+    add((b, len(wy)), (0, len(wx)))
+    add((a, b), (0, c))
+    add((a, b), (d, len(wx)))
+
+
 def tiled_inference(
     packed: np.ndarray,
     run_batch: RunBatch,
@@ -186,13 +216,11 @@ def tiled_inference(
             # the tile's rows/cols that fall inside the image, in tile and in image coordinates
             y0, y1 = max(ty, pad), min(ty + th, pad + h)
             x0, x1 = max(tx, pad), min(tx + tw, pad + w)
-            wt = np.outer(wy[y0 - ty : y1 - ty], wx[x0 - tx : x1 - tx])
-            weight[y0 - pad : y1 - pad, x0 - pad : x1 - pad] += wt
+            wy, wx = wy[y0 - ty : y1 - ty], wx[x0 - tx : x1 - tx]
+            weight[y0 - pad : y1 - pad, x0 - pad : x1 - pad] += np.outer(wy, wx)
             crop = tile_out[scale * (y0 - ty) : scale * (y1 - ty), scale * (x0 - tx) : scale * (x1 - tx)]
-            hh, ww = y1 - y0, x1 - x0  # each packed pixel's weight applies to its scale x scale output block
-            weighted = crop.reshape(hh, scale, ww, scale, -1) * wt[:, None, :, None, None]
-            out[scale * (y0 - pad) : scale * (y1 - pad), scale * (x0 - pad) : scale * (x1 - pad)] += (
-                weighted.reshape(scale * hh, scale * ww, -1))
+            target = out[scale * (y0 - pad) : scale * (y1 - pad), scale * (x0 - pad) : scale * (x1 - pad)]
+            _accumulate(target, crop, wy, wx, scale)
         pending.clear()
 
     for item in _tiles(padded, plan):
@@ -218,15 +246,25 @@ def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return x.astype(dtype)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    q = x / scale  # in place from here on: round(x / scale + zero point), clipped to the dtype
+    q += zero_point
+    np.round(q, out=q)
+    np.clip(q, info.min, info.max, out=q)
+    return q.astype(dtype)
 
 
-def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    """Model output -> float32; integer outputs with the model's own scale and zero point."""
+def dequantize_output(y: np.ndarray, detail: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    """Model output -> float32 (into ``out`` when given); integer outputs with the model's own scale and
+    zero point."""
     if np.dtype(detail["dtype"]).type not in INTEGER_DTYPES:
-        return y.astype(np.float32)
+        if out is None:
+            return y.astype(np.float32)
+        out[...] = y
+        return out
     scale, zero_point = detail["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    result = np.subtract(y, np.float32(zero_point), out=out, dtype=np.float32)
+    result *= np.float32(scale)
+    return result
 
 
 class TFLiteModel:
@@ -251,14 +289,14 @@ class TFLiteModel:
         self.invoke_seconds = 0.0
         self.invocations = 0
 
-    def run_nhwc(self, x: np.ndarray) -> np.ndarray:
-        """Exactly one model batch, float NHWC in, float NHWC out."""
+    def run_nhwc(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Exactly one model batch, float NHWC in, float NHWC out (into ``out`` when given)."""
         self.interpreter.set_tensor(self.input["index"], quantize_input(x, self.input))
         start = time.perf_counter()
         self.interpreter.invoke()
         self.invoke_seconds += time.perf_counter() - start
         self.invocations += 1
-        return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
+        return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output, out)
 
     def nhwc(self, x: np.ndarray) -> np.ndarray:
         """Any number of NHWC tiles; the last group is filled up to the model's fixed batch and trimmed."""
@@ -266,7 +304,10 @@ class TFLiteModel:
         fill = (-n) % self.batch
         if fill:
             x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
-        return np.concatenate([self.run_nhwc(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])[:n]
+        out = np.empty((len(x), *(int(d) for d in self.output["shape"][1:])), dtype=np.float32)
+        for i in range(0, len(x), self.batch):
+            self.run_nhwc(x[i : i + self.batch], out[i : i + self.batch])
+        return out[:n]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Any number of NCHW tiles (the layout ``tiled_inference`` and the probes use by default)."""
