@@ -158,6 +158,10 @@ def _differs(card_value: Any, model_value: Any) -> bool:
     return bool(card_value != model_value)
 
 
+def _show(value: Any) -> str:
+    return f"{value:.8g}" if isinstance(value, float) else str(value)
+
+
 def _compare_tensors(card: dict[str, Any], details: dict[str, Any], result: VerifyResult) -> None:
     """Card ``input``/``output`` name, shape, dtype, scale, zero point against the model's tensors."""
     before = len(result.failures)
@@ -168,7 +172,7 @@ def _compare_tensors(card: dict[str, Any], details: dict[str, Any], result: Veri
             continue
         for key in _FIELDS:
             if key in section and _differs(section[key], details[side][key]):
-                result.failures.append(f"{side}.{key}: card {section[key]}, model {details[side][key]}")
+                result.failures.append(f"{side}.{key}: card {_show(section[key])}, model {_show(details[side][key])}")
     if len(result.failures) == before:
         inp, out = details["input"], details["output"]
         result.passed.append(f"model loads; input {inp['shape']} {inp['dtype']}, output {out['shape']} {out['dtype']}: "
