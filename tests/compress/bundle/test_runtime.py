@@ -116,16 +116,18 @@ def test_changed_model_is_named_and_refused(bundle_copy: Path, tmp_path: Path,
 def test_run_model_golden_check_and_same_png_as_process(bundle: Path, tmp_path: Path) -> None:
     golden = run_model(bundle)
     assert golden.returncode == 0 and golden.stdout.strip().endswith("OK"), golden.stderr
-    src = mosaic_png(tmp_path / "m.png", 131, 154, seed=4)  # odd: cropped to 130x154; 5x6 tiles
-    for suffix in (".png", ".ppm", ".npy"):
-        ours, theirs = tmp_path / f"process{suffix}", tmp_path / f"runner{suffix}"
+    big = mosaic_png(tmp_path / "big.png", 1024, 1024, seed=3)  # the check: 841 tiles
+    odd = mosaic_png(tmp_path / "odd.png", 131, 154, seed=4)  # cropped to 130x154
+    for src, suffix in ((big, ".png"), (odd, ".png"), (odd, ".ppm"), (odd, ".npy")):
+        ours, theirs = tmp_path / f"process_{src.stem}{suffix}", tmp_path / f"runner_{src.stem}{suffix}"
         levels = ["--pattern", "GBRG", "--black", "25", "--white", "1023"]
         assert main(["process", str(src), "--bundle", str(bundle), "-o", str(ours), *levels]) == 0
         done = run_model(bundle, "--input", str(src), "--output", str(theirs), *levels)
         assert done.returncode == 0, done.stderr
-        assert ours.read_bytes() == theirs.read_bytes(), suffix
-    with Image.open(tmp_path / "process.png") as img:
-        assert img.size == (154, 130) and img.mode == "RGB"
+        assert ours.read_bytes() == theirs.read_bytes(), (src.name, suffix)
+    for name, size in (("process_big.png", (1024, 1024)), ("process_odd.png", (154, 130))):
+        with Image.open(tmp_path / name) as img:
+            assert img.size == size and img.mode == "RGB"
 
 
 def test_frame_model_is_chosen_by_size(tiny_smallnet_tflite, tmp_path: Path,  # noqa: ANN001
