@@ -4,10 +4,12 @@ The golden vectors reproduce whatever the card *calls* the channels, so the orde
 
 1. it is a permutation of B, Gb, R, Gr;
 2. it equals ``golden.channel_order``, the order ``write_bundle`` recorded beside the golden data;
-3. when the golden input is image data, the two channels the card names green are the two most alike:
-   Gb and Gr sample one colour at neighbouring sites, so after scaling each channel to its mean their
-   difference is far smaller than any other pair's.  On noise (a synthetic golden input) no pair stands
-   out and the check says it cannot confirm.  Red and blue cannot be told apart from the input alone.
+3. when the golden input is image data, the two channels the card names green are the two whose means
+   are most alike: Gb and Gr sample one colour at neighbouring sites, so their means agree to a few
+   tenths of a percent, while red and blue differ from green (and from each other) by tens of percent
+   in any RAW before white balance.  The pair must stand out (its relative difference under a quarter
+   of the next pair's, which must exceed 5 %); on noise (a synthetic golden input) none does and the
+   check says it cannot confirm.  Red and blue cannot be told apart from the input alone.
 """
 from __future__ import annotations
 
@@ -19,21 +21,22 @@ import numpy as np
 
 from distill.data.bayer import PACKED_ORDER
 
-CLEAR_FACTOR = 0.5  # the greens' difference must be under half the next pair's to count as seen
+CLEAR_FACTOR = 0.25  # the greens' mean difference must be under a quarter of the next pair's
+DISTINCT = 0.05  # ... and the next pair's must exceed 5 %: on noise every channel has the same mean
 
 
 def green_pair(golden_input: np.ndarray) -> tuple[int, int] | None:
-    """Channel indices of the two most alike channels of an NHWC packed input, or None when no pair
-    stands out (noise, a flat image)."""
-    x = np.asarray(golden_input, dtype=np.float64).reshape(-1, golden_input.shape[-1])
-    means = x.mean(axis=0)
-    if x.shape[1] != 4 or np.any(means <= 0):
+    """Channel indices of the two channels with the most alike means in an NHWC packed input, or None
+    when no pair stands out (noise, a flat image)."""
+    if golden_input.shape[-1] != 4:
         return None
-    scaled = x / means
-    spread = {pair: float(np.abs(scaled[:, pair[0]] - scaled[:, pair[1]]).mean()) for pair in combinations(range(4), 2)}
-    ranked = sorted(spread, key=spread.__getitem__)
-    best, second = ranked[0], ranked[1]
-    return best if spread[best] < CLEAR_FACTOR * spread[second] else None
+    means = np.asarray(golden_input, dtype=np.float64).reshape(-1, 4).mean(axis=0)
+    if np.any(means <= 0):
+        return None
+    spread = {pair: float(abs(means[pair[0]] - means[pair[1]]) / (means[pair[0]] + means[pair[1]]))
+              for pair in combinations(range(4), 2)}
+    best, second = sorted(spread, key=spread.__getitem__)[:2]
+    return best if spread[second] > DISTINCT and spread[best] < CLEAR_FACTOR * spread[second] else None
 
 
 def check_channel_order(card: dict[str, Any], bundle: Path) -> list[tuple[bool, str]]:
