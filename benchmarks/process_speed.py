@@ -6,7 +6,7 @@ runs on the same file and must write the same PNG byte for byte.
 
 The input is **synthetic from real data**: the real 2592 x 304 GRBG capture in ``../shared/data/real-raw``
 (Halide's sample) repeated to 4000 x 3000 and written as a 16-bit PGM; without ``../shared`` the embedded
-photograph, linearised, mosaicked and repeated.  The bundles: ``runs/quickstart/handoff/*`` when one
+photograph unprocessed to a mosaic and repeated.  The bundles: ``runs/quickstart/handoff/*`` when one
 exists, and untrained Smallnets exported INT8 at a 256 x 256 packed input, one per ``--widths`` (built
 once, cached under ``runs/bench_process_speed``: onnx2tf takes a minute each).  The width sets what the
 interpreter costs, so the ratio is shown for a cheap model and for one whose tiles take seconds.
@@ -34,7 +34,7 @@ from compress.export.onnx_export import export_onnx
 from compress.export.tflite import convert_onnx_to_tflite
 from compress.export.tflite_inspect import tflite_io_details
 from compress.runtime.parity import run_tflite
-from distill.data.bayer import PACKED_ORDER, mosaic_rgb
+from distill.data.bayer import PACKED_ORDER, unpack_bayer
 from distill.data.embedded import load_embedded
 from distill.data.rawio import read_mosaic
 from students import create_student
@@ -52,10 +52,9 @@ def mosaic_file(folder: Path) -> tuple[Path, str, str]:
     if REAL_PGM.is_file():
         tile, source = read_mosaic(REAL_PGM), f"real GRBG capture {REAL_PGM.name} (2592x304) repeated"
     else:
-        pair = load_embedded()[0]
-        rgb = np.transpose(pair.rgb, (1, 2, 0)) ** 2.2
-        tile = (mosaic_rgb(rgb, "GRBG") * 998 + 25).astype(np.uint16)
-        source = "embedded photograph, linearised, mosaicked GRBG and repeated"
+        raw = load_embedded("eval", pattern="GRBG", max_side=None)[0].raw  # packed (4, h, w) in [0, 1]
+        tile = (unpack_bayer(raw.transpose(1, 2, 0), "GRBG") * 998 + 25).astype(np.uint16)
+        source = "embedded photograph unprocessed to a GRBG mosaic (levels 25..1023) and repeated"
     reps = (-(-SIZE[0] // tile.shape[0]), -(-SIZE[1] // tile.shape[1]))
     mosaic = np.tile(tile, reps)[: SIZE[0], : SIZE[1]]
     path.write_bytes(f"P5 {SIZE[1]} {SIZE[0]} 65535\n".encode() + mosaic.astype(">u2").tobytes())
