@@ -129,7 +129,7 @@ def _run_or_validate(args: argparse.Namespace, argv: list[str] | None) -> int:
     from recipes.faults import bad_input_message
     from recipes.results import HandoffResult
     from recipes.runner import StageError, run_recipe
-    from recipes.tracking import default_tracking_uri
+    from recipes.tracking import default_tracking_uri, ui_hint
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter (after mlflow's own setup)
     if not sys.stderr.isatty():  # a log, not a terminal: no artifact-upload bars (ours: distill.progress)
@@ -178,7 +178,8 @@ def _run_or_validate(args: argparse.Namespace, argv: list[str] | None) -> int:
     if bundle:
         print(f"hand-off bundle : {bundle}")
     print(f"MLflow store    : {uri} (parent run {parent_id})")
-    print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
+    for line in ui_hint(uri, parent_id):
+        print(line)
     return 0
 
 

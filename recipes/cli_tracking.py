@@ -130,7 +130,7 @@ def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir
     from recipes.compare import CompareError, compare_runs, format_table
     from recipes.loader import RecipeError, expand_sweep, select_points
     from recipes.sweep import run_sweep
-    from recipes.tracking import default_tracking_uri
+    from recipes.tracking import default_tracking_uri, ui_hint
 
     def on_point(point: Any) -> None:
         print(f"point {point.index}: {point.label}", flush=True)
@@ -156,5 +156,6 @@ def run_sweep_command(args: argparse.Namespace, recipe: Any, path: Path, workdir
     print(f"plots           : {Path(workdir) / 'compare'} (once every point finished; also on the sweep run)")
     print(f"MLflow store    : {uri} (sweep run {sweep_id})")
     print(f"compare again   : .venv/bin/ispdc compare --tracking-uri {uri} --parent {sweep_id}")
-    print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
+    for line in ui_hint(uri, sweep_id):
+        print(line)
     return EXIT_OK

@@ -76,6 +76,26 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
 
 
+UI_VIEW_PARAM = "workflowType=machine_learning"
+"""MLflow 3.17's UI picks GenAI or "Model training" from this URL parameter (else from the browser's last
+choice, GenAI by default), not from ``mlflow.experimentKind``: the links ispdc prints carry it."""
+
+
+def experiment_ui_url(ui: str, experiment_id: str, chart: bool = False) -> str:
+    """The runs table (``chart``: the chart view) of an experiment in the MLflow UI at ``ui``."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_VIEW_PARAM}" + ("&compareRunsMode=CHART" * chart)
+
+
+def ui_hint(tracking_uri: str, run_id: str) -> list[str]:
+    """How to open the UI on the runs of ``run_id``'s experiment: the ``mlflow ui`` command for a local
+    store (default port 5000), then the address of the runs table."""
+    experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"open the UI at  : {experiment_ui_url(tracking_uri, experiment_id)}"]
+    return [f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {tracking_uri}",
+            f"  then          : {experiment_ui_url('http://127.0.0.1:5000', experiment_id)}"]
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         check_tracking_uri(tracking_uri)  # a dead server: one line within seconds, not minutes of retries

@@ -1,5 +1,6 @@
 """Screenshots of the MLflow UI as a person sees it: headless Chromium (the system's, through Playwright's
-Python API; nothing is downloaded) opens an experiment page of a tracking server.
+Python API; nothing is downloaded) opens an experiment's runs table or chart view, or a registered model, on a
+tracking server, in a fresh browser profile (what a new user sees: no view chosen by hand before).
 
 Used by the UI test and to make ``docs/img/mlflow_sweep.png``::
 
@@ -8,11 +9,15 @@ Used by the UI test and to make ``docs/img/mlflow_sweep.png``::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from recipes.tracking import UI_VIEW_PARAM, experiment_ui_url
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,7 +32,7 @@ class ScreenshotError(RuntimeError):
 class Screenshot:
     path: Path
     text: str  # the page's visible text when the screenshot was taken
-    url: str
+    url: str  # where the page ended up (after the UI's own redirects)
 
 
 def find_chromium() -> str | None:
@@ -38,30 +43,33 @@ def find_chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def experiment_url(server: str, experiment: str) -> str:
-    """The UI address of ``experiment``'s runs table on ``server``."""
+def experiment_url(server: str, experiment: str, chart: bool = False) -> str:
+    """The UI address of ``experiment``'s runs table (``chart``: its chart view) on ``server``, in the
+    "Model training" view (``recipes.tracking.UI_VIEW_PARAM``), the address ``ispdc run`` prints."""
     from mlflow.tracking import MlflowClient
 
     found = MlflowClient(server).get_experiment_by_name(experiment)
     if found is None:
         raise ScreenshotError(f"no experiment {experiment!r} at {server}")
-    return f"{server.rstrip('/')}/#/experiments/{found.experiment_id}/runs"
+    return experiment_ui_url(server, found.experiment_id, chart=chart)
 
 
-def screenshot_experiment(server: str, experiment: str, out: Path, expect: Sequence[str] = (),
-                          columns: Sequence[str] = ("psnr", "ssim", "size_kb", "macs"),
-                          width: int = 1600, height: int = 1000, timeout_s: float = 90.0) -> Screenshot:
-    """Open the experiment's runs table in the "Model training" view, show the ``columns`` (metric or param keys),
-    expand nested runs (sweep points and their stages), wait until every text in ``expect`` (run names)
-    is visible, and save a PNG of the page."""
+@dataclass
+class _Visit:
+    page: Any  # playwright Page
+    step: str = "the page"  # what the page is awaited to show now, for the error
+
+
+@contextlib.contextmanager
+def _browser_page(url: str, out: Path, width: int, height: int, timeout_s: float) -> Iterator[_Visit]:
+    """A fresh headless Chromium (no stored UI choices, as a new user) on ``url``; a Playwright error
+    inside the block becomes a ``ScreenshotError`` naming the visit's step, with the page saved to ``out``."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     chromium = find_chromium()
     if chromium is None:
         raise ScreenshotError("no Chromium found (apt-get install chromium)")
-    url = experiment_url(server, experiment)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -69,29 +77,74 @@ def screenshot_experiment(server: str, experiment: str, out: Path, expect: Seque
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(timeout_s * 1000)
             page.goto(url, wait_until="load")
-            step = "the runs table"
+            visit = _Visit(page)
             try:
-                page.locator("[role=gridcell]").first.wait_for(state="visible")
-                step = "the Model training view"
-                training = page.get_by_text("Model training", exact=True)
-                if training.count():
-                    training.first.click()
-                _close_assistant(page)
-                step = "the metric columns"
-                _show_columns(page, columns)
-                _expand_nested_runs(page)
-                for text in expect:
-                    step = repr(text)
-                    page.get_by_text(text, exact=False).first.wait_for(state="visible")
+                yield visit
             except PlaywrightError as exc:
                 page.screenshot(path=str(out))
-                raise ScreenshotError(f"{url}: never showed {step} ({str(exc).splitlines()[0]}); see {out}") from None
-            page.wait_for_timeout(800)  # let the last column widths settle
-            page.screenshot(path=str(out))
-            text = page.inner_text("body")
+                raise ScreenshotError(f"{url}: never showed {visit.step} ({str(exc).splitlines()[0]}); "
+                                      f"see {out}") from None
         finally:
             browser.close()
-    return Screenshot(out, text, url)
+
+
+def _finish(page: Any, out: Path) -> Screenshot:
+    page.wait_for_timeout(800)  # let the last column widths and charts settle
+    page.screenshot(path=str(out))
+    return Screenshot(out, page.inner_text("body"), page.url)
+
+
+def screenshot_experiment(server: str, experiment: str, out: Path, expect: Sequence[str] = (),
+                          columns: Sequence[str] = ("psnr", "ssim", "size_kb", "macs"),
+                          width: int = 1600, height: int = 1000, timeout_s: float = 90.0) -> Screenshot:
+    """Open the experiment's address as ``ispdc run`` prints it and fail unless it lands on the runs table
+    (nothing is clicked to get there); show the ``columns`` (metric or param keys), expand nested runs (sweep
+    points, recipe runs' stages), wait until every text in ``expect`` is visible, and save a PNG."""
+    url = experiment_url(server, experiment)
+    with _browser_page(url, Path(out), width, height, timeout_s) as visit:
+        page = visit.page
+        visit.step = "the runs table"
+        page.locator("[role=gridcell]").first.wait_for(state="visible")
+        _close_assistant(page)
+        visit.step = "the metric columns"
+        _show_columns(page, columns)
+        _expand_nested_runs(page)
+        for text in expect:
+            visit.step = repr(text)
+            page.get_by_text(text, exact=False).first.wait_for(state="visible")
+        return _finish(page, Path(out))
+
+
+def screenshot_charts(server: str, experiment: str, out: Path, charts: Sequence[str] = ("psnr",),
+                      width: int = 1600, height: int = 1000, timeout_s: float = 90.0) -> Screenshot:
+    """The experiment's chart view (one chart per metric of the runs shown, drawn as they scroll into view):
+    each name in ``charts`` is typed into the chart search and its chart awaited; the PNG shows the charts
+    the first name matches."""
+    url = experiment_url(server, experiment, chart=True)
+    with _browser_page(url, Path(out), width, height, timeout_s) as visit:
+        page = visit.page
+        visit.step = "the chart view"
+        page.get_by_text("Model metrics", exact=False).first.wait_for(state="visible")
+        _close_assistant(page)
+        search = page.get_by_placeholder("Search metric charts")
+        for chart in [*charts[1:], *charts[:1]]:
+            visit.step = f"a chart of {chart!r}"
+            search.fill(chart)
+            page.get_by_text(chart, exact=True).first.wait_for(state="visible")
+        return _finish(page, Path(out))
+
+
+def screenshot_model(server: str, name: str, out: Path, expect: Sequence[str] = ("Version 1",),
+                     width: int = 1600, height: int = 1000, timeout_s: float = 90.0) -> Screenshot:
+    """A registered model's page in the model registry (versions, aliases); waits for every text in ``expect``."""
+    url = f"{server.rstrip('/')}/#/models/{name}?{UI_VIEW_PARAM}"
+    with _browser_page(url, Path(out), width, height, timeout_s) as visit:
+        page = visit.page
+        for text in expect:
+            visit.step = repr(text)
+            page.get_by_text(text, exact=False).first.wait_for(state="visible")
+        _close_assistant(page)
+        return _finish(page, Path(out))
 
 
 def _close_assistant(page) -> None:  # noqa: ANN001  (playwright Page)
@@ -153,12 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="PNG to write")
     parser.add_argument("--expect", action="append", default=[], help="text that must be visible (repeatable)")
     parser.add_argument("--column", action="append", default=None, help="metric or param column to show (repeatable)")
+    parser.add_argument("--chart", action="store_true", help="the chart view instead of the runs table "
+                        "(--column then names the charts awaited)")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
-        shot = screenshot_experiment(args.server, args.experiment, args.out, args.expect,
-                                     args.column or ("psnr", "ssim", "size_kb", "macs"), args.width, args.height)
+        if args.chart:
+            shot = screenshot_charts(args.server, args.experiment, args.out, args.column or ("psnr",), args.width,
+                                     args.height)
+        else:
+            shot = screenshot_experiment(args.server, args.experiment, args.out, args.expect,
+                                         args.column or ("psnr", "ssim", "size_kb", "macs"), args.width, args.height)
     except ScreenshotError as exc:
         print(f"ui_screenshot: error: {exc}", file=sys.stderr)
         return 2

@@ -12,8 +12,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from distill.challenge_scores import mai2021_score
 from recipes.cli import main
 from recipes.metric_keys import SCORE_METRICS, STAGE_METRICS
+from recipes.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
@@ -22,7 +24,7 @@ TINY = [
     "student.config.width=4", "student.train.steps=3", "student.train.batch_size=2",
     "prune.finetune.steps=1", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
     "data.max_side=96", "data.max_eval_images=1", "quantize.calibration_frames=2", "export.input_size=[16,16]",
-    "export.frame_size=null",  # the frame-size models are tested in test_end_to_end
+    "export.frame_size=[64,96]",  # a small frame: the scores come from its latency (frame models: test_end_to_end)
     "handoff.register.name=tiny-isp", "handoff.register.alias=candidate",
 ]
 
@@ -68,8 +70,10 @@ def test_recipe_logs_to_the_server_and_compare_reads_it_back(server: dict, tiny_
     mlflow.set_tracking_uri(server["url"])
     runs = mlflow.search_runs(experiment_names=["quickstart"], output_format="list")
     parent = next(r for r in runs if r.data.tags.get("run_kind") == "recipe")
-    headline = "latency_ms_tflite_int8_2t"
-    assert set(STAGE_METRICS) | set(SCORE_METRICS) | {headline} <= set(parent.data.metrics)
+    headline = "latency_ms_frame_tflite_int8_2t"  # the shipped int8 model timed at the frame size
+    metrics = parent.data.metrics
+    assert set(STAGE_METRICS) | set(SCORE_METRICS) | {headline, "latency_ms_tflite_int8_2t"} <= set(metrics)
+    assert metrics["mai2021_score"] == pytest.approx(mai2021_score(metrics["psnr"], metrics[headline]))
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 7
     # artifacts went through the server (--serve-artifacts) into its artifact root
     assert list(server["dir"].glob("artifacts/**/handoff/**/model_card.json"))
@@ -79,6 +83,7 @@ def test_recipe_logs_to_the_server_and_compare_reads_it_back(server: dict, tiny_
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("*") and "quickstart" in line)
     assert f"{parent.data.metrics['psnr']:.2f}" in row and headline in table
+    assert "latency_ms (TFLite int8, 2 threads, 64x96 frame)" in table and "MAI 2021/2022 scores from it" in table
     assert (out / "pareto_psnr_latency.png").is_file() and (out / "pareto_psnr_size.html").is_file()
 
     # handoff.register registered the bundle through the server; rebuild it from the registry
@@ -92,18 +97,31 @@ def test_recipe_logs_to_the_server_and_compare_reads_it_back(server: dict, tiny_
 
 
 @pytest.mark.ui
-def test_mlflow_ui_shows_runs_and_metric_columns(server: dict, tiny_run: dict, tmp_path: Path) -> None:
-    from recipes.ui_screenshot import find_chromium, screenshot_experiment
+def test_mlflow_ui_opens_on_runs_charts_and_registry(server: dict, tiny_run: dict, tmp_path: Path) -> None:
+    """A fresh browser (as a new user) on the address `ispdc run` prints lands on the runs table, not on
+    MLflow 3's GenAI overview; the recipe run's stages nest under it; the chart view and the registered
+    model show too."""
+    from recipes.ui_screenshot import find_chromium, screenshot_charts, screenshot_experiment, screenshot_model
 
     if find_chromium() is None:
         pytest.skip("no Chromium (/usr/bin/chromium): `make test` installs the Debian package where apt-get works")
+    experiment = MlflowClient(server["url"]).get_experiment_by_name("quickstart")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
     stages = ["teacher", "student", "prune", "fold", "quantize", "export", "handoff"]
     shot = screenshot_experiment(server["url"], "quickstart", tmp_path / "mlflow_ui.png", expect=["quickstart"],
-                                 columns=("psnr", "size_kb", "latency_ms_tflite_int8_2t"))
-    for text in ["quickstart", *stages, "psnr", "size_kb", "latency_ms_tflite_int8_2t"]:
+                                 columns=("psnr", "size_kb", "latency_ms_frame_tflite_int8_2t"))
+    assert "/runs?workflowType=machine_learning" in shot.url and "overview" not in shot.url  # where it landed
+    for text in ["quickstart", *stages, "psnr", "size_kb", "latency_ms_frame_tflite_int8_2t"]:
         assert text in shot.text, text
     png = shot.path.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
+
+    charts = screenshot_charts(server["url"], "quickstart", tmp_path / "mlflow_charts.png",
+                               charts=("psnr", "mai2021_score"))  # each chart found, the PNG shows psnr's
+    assert "compareRunsMode=CHART" in charts.url and "Model metrics" in charts.text and "psnr" in charts.text
+    model = screenshot_model(server["url"], "tiny-isp", tmp_path / "mlflow_model.png",
+                             expect=("Version 1", "candidate"))
+    assert "tiny-isp" in model.text and "candidate" in model.text
 
 
 def test_server_stops_by_its_pid(server: dict) -> None:
