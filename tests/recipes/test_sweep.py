@@ -96,3 +96,38 @@ def test_sweep_runs_shared_stages_once_and_nests_runs(tmp_path: Path) -> None:
     assert (workdir / "compare" / "pareto_psnr_size.html").is_file()
     logged = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(sweep_id, "compare")}
     assert "compare/pareto_psnr_size.png" in logged
+
+
+def test_point_selection_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recipes.cli import main
+    from recipes.loader import select_points
+
+    assert select_points(["3"], 6) == [3]
+    assert select_points(["1..3", "2", "5,0"], 6) == [1, 2, 3, 5, 0]  # in order, without repeats
+    for spec, expected in [("6", "points 0..5; 6 is not one"), ("3..1", "3..1 is empty"), ("a", "expected I, I..J")]:
+        with pytest.raises(RecipeError, match=expected):
+            select_points([spec], 6, "s.yaml")
+    path = write(tmp_path, "sweep: {prune.ratio: [0.25, 0.5]}\n")
+    assert main(["run", str(path), "--point", "2", "--workdir", str(tmp_path / "w")]) == 2
+    assert "--points '2': the sweep has points 0..1; 2 is not one" in capsys.readouterr().err
+    assert main(["run", str(path), "--point", "0", "--no-resume"]) == 2
+    assert main(["run", "quickstart", "--point", "0"]) == 2
+    assert "quickstart is not a sweep" in capsys.readouterr().err
+    assert main(["validate", str(path)]) == 0
+    assert "sweep of 2 points 0..1" in capsys.readouterr().out
+
+
+def test_slurm_example_runs_one_point_per_array_task() -> None:
+    import os
+    import subprocess
+
+    from recipes.cli import _parser
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "slurm_sweep.sh"
+    env = {**os.environ, "ISPDC": "echo", "SLURM_ARRAY_TASK_ID": "4", "SLURM_CPUS_PER_TASK": "2"}
+    out = subprocess.run(["bash", str(script), "sweep_quickstart", "http://mlflow-host:5000", "/shared/w"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["run", "sweep_quickstart", "--point", "4", "--tracking-uri", "http://mlflow-host:5000",
+                   "--workdir", "/shared/w"]
+    args = _parser().parse_args(out)  # a command line ispdc takes
+    assert args.points == ["4"] and args.tracking_uri == "http://mlflow-host:5000"
