@@ -26,10 +26,12 @@ import torch
 from benchmarks.report import cli, measured_on, paragraph, publish, setup, stamp, table
 from compress.export.delegates import gpu_report, xnnpack_section
 from compress.export.frame_model import FrameResizeError, matches_resized, resize_tflite
+from compress.export.gpu_rewrites import rewrite_expand_for_gpu
 from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
 from compress.export.onnx_export import export_onnx
 from compress.export.tflite import convert_onnx_to_tflite
 from compress.fold import fold_model
+from compress.runtime.parity import run_tflite
 from teachers.registry import STUDENTS
 
 VARIANTS = ("fp32", "float16", "int8")
@@ -76,6 +78,17 @@ def measure(name: str, size: int, root: Path) -> dict[str, Any]:
         files = convert_onnx_to_tflite(onnx_path, work / "tflite", frames, modes=[v for v in VARIANTS if v != "fp32"])
         for variant in VARIANTS:
             row["variants"][variant] = _report(files[variant])
+        gpu_copy = work / "gpu" / "model.onnx"
+        gpu_copy.parent.mkdir()
+        shutil.copyfile(onnx_path, gpu_copy)
+        row["gpu_rewrites"] = rewrite_expand_for_gpu(gpu_copy)
+        if row["gpu_rewrites"]:  # the float variants as the export stage builds them (export.gpu_rewrite)
+            built = convert_onnx_to_tflite(gpu_copy, work / "gpu" / "tflite", frames, modes=["float16", "int8"])
+            for variant in VARIANTS:
+                report = _report(built[variant])
+                report["outputs_identical"] = bool(np.array_equal(run_tflite(built[variant], frames),
+                                                                  run_tflite(files[variant], frames)))
+                row["variants"][f"{variant}_gpu_rewritten"] = report
         row["frame_resize"] = _frame_resize(files["int8"], work / "frame.tflite", (2 * side, 3 * side),
                                             info.upscale)
         rewritten = work / "model_xnnpack_int8.onnx"
@@ -104,18 +117,27 @@ def _xnn_cell(r: dict[str, Any]) -> str:
     return f"{x['partitions']}" + (f" (out: {', '.join(left)})" if left else "")
 
 
+def _rewritten_cell(variants: dict[str, Any]) -> str:
+    """GPU verdict, XNNPACK partitions and output identity per variant converted from the Expand-rewritten ONNX."""
+    cells = [f"{k}: GPU {_gpu_cell(variants[f'{k}_gpu_rewritten'])}, XNNPACK "
+             f"{_xnn_cell(variants[f'{k}_gpu_rewritten'])}, "
+             f"{'identical' if variants[f'{k}_gpu_rewritten']['outputs_identical'] else 'differs'}"
+             for k in VARIANTS if f"{k}_gpu_rewritten" in variants]
+    return "; ".join(cells) or "-"
+
+
 def publish_result(result: dict[str, Any]) -> None:
-    header = ["student", "packed", "GPU fp32", "GPU float16", "GPU int8", "XNNPACK fp32", "XNNPACK int8",
-              "XNNPACK int8 rewritten", "int8 frame by shape rewrite"]
+    header = ["student", "packed", "GPU fp32", "GPU float16", "GPU int8", "GPU after the Expand rewrite",
+              "XNNPACK fp32", "XNNPACK int8", "XNNPACK int8 rewritten", "int8 frame by shape rewrite"]
     rows = []
     for r in result["students"]:
         if "error" in r and not r["variants"]:
             rows.append([r["student"], "x".join(map(str, r["packed_hw"])), f"conversion failed: {r['error']}",
-                         "", "", "", "", "", ""])
+                         "", "", "", "", "", "", ""])
             continue
         v = r["variants"]
         rows.append([r["student"], "x".join(map(str, r["packed_hw"])), *(_gpu_cell(v[k]) for k in VARIANTS),
-                     _xnn_cell(v["fp32"]), _xnn_cell(v["int8"]),
+                     _rewritten_cell(v), _xnn_cell(v["fp32"]), _xnn_cell(v["int8"]),
                      _xnn_cell(v["int8_rewritten"]) if "int8_rewritten" in v else "no rewrite needed",
                      r.get("frame_resize", "-")])
     analyzer_agrees = all(v["gpu"].get("analyzer_compatible") for r in result["students"]
@@ -124,7 +146,10 @@ def publish_result(result: dict[str, Any]) -> None:
         {measured}.  Every student at its tiny configuration, folded, converted at the packed size shown;
         GPU: the TFLite GPU delegate's op rules (`compress.export.delegates`, after TF's
         `gpu_compatibility.cc`), "no" lists the ops flagged; XNNPACK: partitions on this CPU and the ops
-        left to TFLite's builtin kernels; *frame by shape rewrite*: the int8 model rewritten to 2x3 times its
+        left to TFLite's builtin kernels; *after the Expand rewrite*: the variants converted from the ONNX copy
+        with broadcast `Expand` written as `Add` of zeros (`compress.export.gpu_rewrites`, what the export
+        stage does for the float variants), their outputs compared with the unrewritten model's on 4 random
+        inputs; *frame by shape rewrite*: the int8 model rewritten to 2x3 times its
         packed size (`compress.export.frame_model`), bit-exact against the resized interpreter, or why not
         (the export stage then converts the ONNX model at the frame size).  TFLite's own analyzer
         (`Analyzer.analyze(gpu_compatibility=True)`, TF {tf}) said "compatible" for {verdict} variant:

@@ -97,7 +97,8 @@ are dequantized at load, so int8 saves file size there, not time."""
 
 def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dict[str, float],
                            latency_size: str) -> dict[str, Any]:
-    """Which variant to use on which runtime, from the measurements, each with its reason.
+    """Which variant to use on which runtime, from the measurements, each with its reason: on the CPU the
+    fastest measured, on the GPU delegate the first compatible of ``GPU_PREFERENCE``, on NPUs int8.
 
     ``delegates`` is the card's per-variant report (``tflite_<variant>`` keys), ``latency_ms`` the median
     latency per variant on the build machine at ``latency_size`` (the frame size when the recipe sets one).
@@ -107,7 +108,7 @@ def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dic
 
     note = "latencies are from the build machine's CPU: measure on the target device"
     whole = [f for f, r in delegates.items() if r["xnnpack"]["whole_graph"]]
-    pool = [f for f in whole if f in latency_ms] or [f for f in delegates if f in latency_ms]
+    pool = [f for f in delegates if f in latency_ms]  # the timings include any hand-over to builtin kernels
     cpu: dict[str, Any] = {"variant": None, "reason": "no latency measured"}
     if pool:
         best = min(pool, key=lambda f: latency_ms[f])
@@ -116,7 +117,8 @@ def recommendation_section(delegates: dict[str, dict[str, Any]], latency_ms: dic
         cpu = {"variant": variant(best),
                "reason": f"fastest at {latency_size} on XNNPACK: {latency_ms[best]:.1f} ms (others: {others}); "
                          + ("XNNPACK takes its whole graph" if best in whole else
-                            f"XNNPACK leaves {sorted(set(delegates[best]['xnnpack']['undelegated']))} out")}
+                            f"XNNPACK leaves {sorted(set(delegates[best]['xnnpack']['undelegated']))} to the builtin "
+                            "kernels (included in the time)")}
     compatible = [f for f, r in delegates.items() if r["gpu"]["compatible"]]
     ranked = sorted(compatible, key=lambda f: GPU_PREFERENCE.index(variant(f)) if variant(f) in GPU_PREFERENCE
                     else len(GPU_PREFERENCE))

@@ -6,9 +6,10 @@ delegate; an op a delegate lacks falls back to the CPU, with a hand-over at ever
 variant, what each runtime makes of it.
 
 GPU: TFLite's analyzer (``tf.lite.experimental.Analyzer.analyze(gpu_compatibility=True)``) is run and
-its warnings parsed, but measured on the pinned TensorFlow (2.21) it reports "looks compatible" for
-every model, even Flex ops and ``TOPK_V2``, ``GATHER_ND`` that TF's own ``gpu_compatibility.cc``
-rejects (``tests/compress/export/test_delegates.py``).  So this module also applies the op-level
+its warnings parsed, but measured on the pinned TensorFlow (2.21) it prints "looks compatible" for
+every model tried: Flex ops (``FlexCosh``, ``FlexErf``), ``TOPK_V2``, ``GATHER_ND`` and the int16x8
+quickstart model, whose int16 ``DEQUANTIZE`` TF's own ``gpu_compatibility.cc`` rejects (the card keeps
+its verdict as ``gpu.analyzer_compatible``).  So this module also applies the op-level
 rules of ``tensorflow/lite/tools/versioning/gpu_compatibility.cc`` itself (the op list and the
 conditions that a converted image model can hit), reading the flatbuffer with ai-edge-litert only;
 a variant is GPU-compatible when neither flags an op.
@@ -102,6 +103,11 @@ def _op_problem(name: str, op: Any, tensors: list[Any], buffers: list[Any], sche
         axes = ins[1]
         if _tensor_type(schema, axes) != "INT32" or buffers[axes.buffer].data is None:
             return "Axes must be a constant INT32 tensor"
+    if name == "MUL" and len(ins) == 2 and ins[0].shape is not None and ins[1].shape is not None and \
+            len(ins[0].shape) == len(ins[1].shape):
+        a, b = list(ins[0].shape), list(ins[1].shape)
+        if any(x < y for x, y in zip(a, b)) and any(y < x for x, y in zip(a, b)):
+            return "MUL requires one tensor that not less than second in all dimensions."
     if name == "DEPTH_TO_SPACE" and options is not None and options.blockSize <= 1:
         return "DEPTH_TO_SPACE block_size must be > 1."
     return None

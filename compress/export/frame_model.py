@@ -32,8 +32,9 @@ def _resized_interpreter(path: Path, packed_hw: tuple[int, int], builtin: bool, 
         interpreter.resize_tensor_input(inputs[0]["index"], [batch, *packed_hw, channels], strict=False)
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0].split("Node number")[0].strip()  # TFLite glues the node line on
         raise FrameResizeError(f"{path}: the interpreter cannot resize the input to {list(packed_hw)}: "
-                               f"{str(exc).splitlines()[0]}") from None
+                               f"{reason}") from None
     return interpreter
 
 

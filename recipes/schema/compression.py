@@ -131,6 +131,10 @@ class ExportStage(Strict):
     input_size: tuple[int, int] = Field((64, 64), description="packed RAW height, width of the shipped model")
     parity_min_db: float = Field(60.0, description="fp32 TFLite and ONNX must match PyTorch this closely")
     latency_threads: int = Field(2, ge=1)
+    gpu_rewrite: bool = Field(True, description="convert the float variants from an ONNX copy with broadcast "
+                              "Expand written as Add of zeros (the GPU delegate rejects onnx2tf's MUL form; "
+                              "outputs bit-identical); int8 too when require has gpu (else it keeps its graph: XNNPACK "
+                              "splits the rewritten int8 graph in two)")
     require: list[DeployRuntime] = Field(default_factory=list,
                                          description="runtimes that must take the shipped variant, else the "
                                                      "export stage fails and no bundle is written: gpu, xnnpack, "

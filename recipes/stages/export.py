@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import load_model
+from compress.export.gpu_rewrites import rewrite_expand_for_gpu
 from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
 from compress.export.onnx_export import export_onnx
 from compress.export.tflite import convert_onnx_to_tflite
@@ -67,9 +68,25 @@ def _xnnpack_int8_source(onnx_path: Path, folder: Path) -> tuple[Path, dict[str,
     return copy_path, counts
 
 
+def _gpu_float_source(onnx_path: Path, folder: Path) -> tuple[Path, int]:
+    """The ONNX file the float variants convert from: a copy (same file name, own folder) with broadcast
+    ``Expand`` ops written as ``Add`` of zeros, which the GPU delegate takes (``compress.export.gpu_rewrites``:
+    bit-identical TFLite outputs), or ``onnx_path`` itself when the graph has none.  The int8 variant keeps
+    its own source (XNNPACK splits the rewritten int8 graph in two) unless ``export.require`` has gpu."""
+    copy_path = folder / "gpu" / onnx_path.name
+    copy_path.parent.mkdir(exist_ok=True)
+    shutil.copyfile(onnx_path, copy_path)
+    count = rewrite_expand_for_gpu(copy_path)
+    if not count:
+        shutil.rmtree(copy_path.parent)
+        return onnx_path, 0
+    return copy_path, count
+
+
 def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, calibration: np.ndarray,
-             bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int]]:
-    """Every TFLite variant from one onnx2tf run (two when the int8 variant needs the XNNPACK rewrite)."""
+             bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int], int]:
+    """Every TFLite variant from one onnx2tf run (two when the int8 variant converts from another graph than
+    the float ones: the XNNPACK rewrite for int8, the GPU rewrite for the rest)."""
     qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
     variants = qcfg.built_variants()
     selective = None
@@ -83,20 +100,27 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
                                        probe=qcfg.selective.probe)
         modes.remove("int8")
     int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
-    separate_int8 = "int8" in variants and int8_source != onnx_path
-    tflite = convert_onnx_to_tflite(onnx_path, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+    float_source, gpu_rewrites = (_gpu_float_source(onnx_path, folder) if ctx.recipe.export.gpu_rewrite
+                                  else (onnx_path, 0))
+    if gpu_rewrites and "gpu" in ctx.recipe.export.require:  # the GPU must take int8 too: rewrite it as well
+        if int8_source == onnx_path:
+            int8_source = float_source
+        else:
+            rewrite_expand_for_gpu(int8_source)
+    separate_int8 = "int8" in variants and int8_source != float_source
+    tflite = convert_onnx_to_tflite(float_source, folder / "tflite", calibration, int8_io=qcfg.int8_io,
                                     modes=[m for m in modes if not (separate_int8 and m == "int8")],
                                     extra=None if separate_int8 else selective)
-    if separate_int8:  # a second onnx2tf run on the rewritten graph, for the int8 variant alone
-        bar.set_postfix_str(f"onnx2tf -> TFLite int8 (XNNPACK rewrite: {rewrites})")
-        built = convert_onnx_to_tflite(int8_source, folder / "tflite", calibration, int8_io=qcfg.int8_io,
+    if separate_int8:  # a second onnx2tf run on the int8 variant's own graph, for it alone
+        bar.set_postfix_str(f"onnx2tf -> TFLite int8 (XNNPACK rewrites: {rewrites}, GPU rewrites: {gpu_rewrites})")
+        built = convert_onnx_to_tflite(int8_source, folder / "tflite_int8", calibration, int8_io=qcfg.int8_io,
                                        modes=[] if selective else ["int8"], extra=selective)
-        built.pop("fp32").unlink()
-        tflite["int8"] = built["int8"]
+        tflite["int8"] = Path(shutil.move(built["int8"], folder / "tflite" / built["int8"].name))
+        shutil.rmtree(folder / "tflite_int8")
     tflite = {v: tflite[v] for v in variants}
     for path in tflite.values():
         assert_builtin_only(path)
-    return tflite, selective, rewrites
+    return tflite, selective, rewrites, gpu_rewrites
 
 
 def _score(ctx: RunContext, onnx_path: Path, tflite: dict[str, Path], data: HeldOut,
@@ -170,10 +194,12 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Expor
     bar.update()
     bar.set_postfix_str(f"onnx2tf -> TFLite {' + '.join(variants)}")
     calibration = np.load(ctx.result("quantize", QuantizeResult).calibration)
-    tflite, selective, rewrites = _convert(ctx, onnx_path, folder, data, calibration, bar)
+    tflite, selective, rewrites, gpu_rewrites = _convert(ctx, onnx_path, folder, data, calibration, bar)
     bar.update()
     metrics = _score(ctx, onnx_path, tflite, data, bar)
     metrics.update({f"xnnpack_rewrites_{op.lower()}": float(n) for op, n in rewrites.items()})
+    if gpu_rewrites:
+        metrics["gpu_rewrites_expand"] = float(gpu_rewrites)
     x86: dict[str, Path] = {}
     if qcfg.x86:
         bar.set_postfix_str(f"x86: {', '.join(qcfg.x86)}")
