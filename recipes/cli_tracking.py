@@ -27,8 +27,9 @@ def add_commands(sub: Any) -> None:
                          "this tag value (repeatable)")
     compare.add_argument("--parent", default=None, metavar="RUN_ID", help="only the points of this sweep run; "
                          "the plots are also logged on it")
-    compare.add_argument("--latency-key", default=None, help="latency metric to judge by (default: Full-HD if "
-                         "logged, else latency_ms_tflite_int8_<N>t)")
+    compare.add_argument("--latency-key", default=None, help="latency metric to judge by (default: the shipped "
+                         "variant's at the deployment frame size, latency_ms_frame_tflite_int8_<N>t, if logged, else "
+                         "its tile's; MAI scores only from a frame-size latency)")
     compare.add_argument("--out", type=Path, default=None, help="folder for the table and plots "
                          "(default: <workdir>/compare or ./compare)")
 
