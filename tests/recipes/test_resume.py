@@ -13,7 +13,7 @@ from distill.checkpointing import load_checkpoint
 from recipes.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kill_helpers import kill_at_first_checkpoint  # noqa: E402
+from process_helpers import kill_at_first_checkpoint  # noqa: E402
 
 STUDENT_STEPS = 24
 TINY = [

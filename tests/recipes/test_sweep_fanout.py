@@ -16,25 +16,16 @@ from mlflow.tracking import MlflowClient
 from recipes.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kill_helpers import kill_at_first_checkpoint  # noqa: E402
+from process_helpers import TINY_SWEEP, kill_at_first_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP = """\
-name: fanout
-run_until: student
-data: {patch_size: 16, patches_per_image: 2, max_side: 96, max_eval_images: 1}
-student: {model: smallnet, config: {width: 4, batch_norm: false},
-          train: {steps: 4, batch_size: 2, checkpoint_every: 2, log_every: 1}}
-export: {input_size: [16, 16]}
-sweep: {student.config.width: [4, 6, 8]}
-"""
 
 pytestmark = pytest.mark.slow
 
 
 def _recipe(tmp_path: Path) -> Path:
     path = tmp_path / "fanout.yaml"
-    path.write_text(SWEEP)
+    path.write_text(TINY_SWEEP)
     return path
 
 

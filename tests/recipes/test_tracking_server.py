@@ -1,11 +1,13 @@
 """A real MLflow tracking server (scripts/mlflow_server.sh) on a free loopback port: a tiny recipe runs
 against it through export and hand-off (registering the bundle), `ispdc compare` and the registry read it
-back, the MLflow UI shows it in headless Chromium, and the server stops by its PID."""
+back, the MLflow UI shows it in headless Chromium, a sweep fans out over three processes against it, and
+the server stops by its PID."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -16,6 +18,9 @@ from distill.challenge_scores import mai2021_score
 from recipes.cli import main
 from recipes.metric_keys import SCORE_METRICS, STAGE_METRICS
 from recipes.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+sys.path.insert(0, str(Path(__file__).parent))
+from process_helpers import TINY_SWEEP  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
@@ -122,6 +127,28 @@ def test_mlflow_ui_opens_on_runs_charts_and_registry(server: dict, tiny_run: dic
     model = screenshot_model(server["url"], "tiny-isp", tmp_path / "mlflow_model.png",
                              expect=("Version 1", "candidate"))
     assert "tiny-isp" in model.text and "candidate" in model.text
+
+
+def test_sweep_fans_out_over_processes_against_the_server(server: dict, tmp_path: Path) -> None:
+    """Three `ispdc run SWEEP` processes, each with its own `--points`, against the server and one workdir:
+    one parent run on the server, every point once, the last one closes the sweep."""
+    recipe = tmp_path / "fanout.yaml"
+    recipe.write_text(TINY_SWEEP)
+    base = [sys.executable, "-m", "recipes.cli", "run", str(recipe), "--workdir", str(tmp_path / "work"),
+            "--tracking-uri", server["url"]]
+    procs = [subprocess.Popen([*base, "--points", points], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for points in ("0", "1..2", "2")]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n=====\n".join(outputs)
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # everything went to the server
+    mlflow.set_tracking_uri(server["url"])
+    runs = mlflow.search_runs(experiment_names=["fanout"], output_format="list")
+    sweeps = [r for r in runs if r.data.tags.get("run_kind") == "sweep"]
+    points = [r for r in runs if r.data.tags.get("run_kind") == "point"]
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["sweep_point"] for r in points) == ["0", "1", "2"]  # point 2 asked twice, run once
+    assert {r.data.tags["mlflow.parentRunId"] for r in points} == {sweeps[0].info.run_id}
 
 
 def test_server_stops_by_its_pid(server: dict) -> None:

@@ -1,4 +1,5 @@
-"""Start an ``ispdc`` command and ``kill -9`` it at a chosen moment (the resume tests)."""
+"""Helpers of the tests that start ``ispdc`` processes: a tiny sweep they share, and ``kill -9`` at a chosen
+moment (the resume tests)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY_SWEEP = """\
+name: fanout
+run_until: student
+data: {patch_size: 16, patches_per_image: 2, max_side: 96, max_eval_images: 1}
+student: {model: smallnet, config: {width: 4, batch_norm: false},
+          train: {steps: 4, batch_size: 2, checkpoint_every: 2, log_every: 1}}
+export: {input_size: [16, 16]}
+sweep: {student.config.width: [4, 6, 8]}
+"""
+"""Three points of a few seconds each (experiment ``fanout``)."""
 
 
 def kill_at_first_checkpoint(args: list[str], workdir: Path, stage: str = "student", timeout_s: float = 300) -> None:
