@@ -28,8 +28,8 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
 
 
 def rewrite_expand_for_gpu(onnx_path: Path) -> int:
-    """Replace every ``Expand`` of an ``(N, C, 1, 1)`` tensor to a constant 4-D shape by ``Add`` of a zero
-    ``(1, 1, H, W)`` constant, in place; returns how many (the file is saved only when > 0)."""
+    """Replace every ``Expand`` of an ``(N, C, 1, 1)`` tensor (C > 1) to a constant shape ``(N, 1, H, W)`` by
+    ``Add`` of a zero ``(1, 1, H, W)`` constant, in place; returns how many (the file is saved only when > 0)."""
     model = onnx.load(str(onnx_path))
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
@@ -42,8 +42,8 @@ def rewrite_expand_for_gpu(onnx_path: Path) -> int:
         target = _constant(graph, node.input[1])
         source = shapes.get(node.input[0])
         if target is None or source is None or len(source) != 4 or target.size != 4 or source[2:] != [1, 1] \
-                or int(target[1]) not in (1, source[1]):  # only the spatial broadcast of a per-channel vector
-            continue
+                or int(target[1]) != 1 or source[1] == 1:  # a vector broadcast over H, W only: the ones that
+            continue  # onnx2tf multiplies by are [1, H, W, 1], the MUL the GPU rejects ([1, H, W, C] passes)
         zeros = f"{node.output[0]}/gpu_zeros"
         shape = (1, 1, int(target[2]), int(target[3]))
         graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), zeros))
