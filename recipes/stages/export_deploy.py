@@ -102,6 +102,16 @@ def _frame_calibration(calibration: np.ndarray, packed_hw: tuple[int, int], fram
     return np.stack([reflect_into_frame(c, packed_hw)[0] for c in calibration[:frames]]).astype(np.float32)
 
 
+def frame_packed_hw(frame_size: tuple[int, int], upscale: int, multiple: int) -> tuple[int, int]:
+    """The packed input of ``export.frame_size`` (output pixels); ``StageError`` naming the key when the
+    model cannot produce that output (not a multiple of its upscale, or of its input multiple once packed)."""
+    packed = (frame_size[0] // upscale, frame_size[1] // upscale)
+    if any(p * upscale != f or p % multiple for p, f in zip(packed, frame_size)):
+        raise StageError(f"export: export.frame_size {list(frame_size)} does not fit the model: output / {upscale} "
+                         f"(the packed input) must be a whole multiple of {multiple} on both sides")
+    return packed
+
+
 def build_frame_models(ctx: RunContext, folder: Path, model: nn.Module, tflite: dict[str, Path],
                        calibration: np.ndarray, packed_hw: tuple[int, int]) -> tuple[dict[str, Path], str, dict]:
     """Every variant at ``packed_hw``: ``(paths, "resize" | "onnx", {fmt: bit-exact vs resized tile})``."""
@@ -174,13 +184,8 @@ def deployment(ctx: RunContext, folder: Path, model: nn.Module, tflite: dict[str
     frame: dict[str, Any] | None = None
     frames: dict[str, Path] = {}
     if cfg.frame_size is not None:
-        upscale = int(getattr(model, "upscale", 2))
-        multiple = int(getattr(model, "input_multiple", 1))
-        packed_hw = (cfg.frame_size[0] // upscale, cfg.frame_size[1] // upscale)
-        if packed_hw[0] * upscale != cfg.frame_size[0] or packed_hw[1] * upscale != cfg.frame_size[1] or any(
-                s % multiple for s in packed_hw):
-            raise StageError(f"export: export.frame_size {list(cfg.frame_size)} does not fit the model: the packed "
-                             f"input (output / {upscale}) must be a multiple of {multiple} on both sides")
+        packed_hw = frame_packed_hw(cfg.frame_size, int(getattr(model, "upscale", 2)),
+                                    int(getattr(model, "input_multiple", 1)))
         frames, path_taken, exact = build_frame_models(ctx, folder, model, tflite, calibration, packed_hw)
         quality, latency, runs, frame_metrics = frame_figures(ctx, model, frames, packed_hw, threads)
         out.update(frame_metrics)

@@ -10,6 +10,7 @@ import pytest
 
 import recipes.stages.export_deploy as deploy
 from compress.export.frame_model import FrameResizeError
+from recipes.context import StageError
 from recipes.loader import load_recipe
 from recipes.metric_keys import psnr_key
 
@@ -37,6 +38,14 @@ def test_require_names_each_runtime_and_its_reason() -> None:
     recipe, _ = load_recipe("quickstart", ["export.require=[]"])
     nothing_required = SimpleNamespace(recipe=recipe)
     assert deploy.require_failures(nothing_required, _report(False, False, 0.0), metrics) == []  # type: ignore[arg-type]
+
+
+def test_frame_size_must_fit_the_models_upscale_and_input_multiple() -> None:
+    assert deploy.frame_packed_hw((1088, 1920), 2, 16) == (544, 960)
+    with pytest.raises(StageError, match=r"export.frame_size \[1080, 1920\] .* multiple of 16"):
+        deploy.frame_packed_hw((1080, 1920), 2, 16)  # 540 packed rows: not a multiple of 16
+    with pytest.raises(StageError, match="export.frame_size"):
+        deploy.frame_packed_hw((96, 160), 3, 1)
 
 
 @pytest.mark.slow
