@@ -65,3 +65,15 @@ def test_frame_models_fall_back_to_onnx_when_shapes_cannot_be_rewritten(tiny_sma
 
     for path in frames.values():
         assert list(Interpreter(model_path=str(path)).get_input_details()[0]["shape"]) == [1, 48, 80, 4]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("export.frame_size=[1087, 1920]", "export.frame_size: frame_size [1087, 1920] must be even"),
+    ("export.require=[npu]", "export.require.0: Input should be 'gpu', 'xnnpack' or 'builtin'"),
+])
+def test_bad_deployment_keys_are_one_line_naming_the_key(override: str, message: str, capsys) -> None:
+    from recipes.cli import main
+
+    assert main(["validate", "quickstart", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
