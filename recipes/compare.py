@@ -31,6 +31,9 @@ SUMMARY_KINDS = ("recipe", "point")
 TABLE_COLUMNS = ("psnr", "ssim", "size_kb", "macs", "latency_ms", "mai2021_score", "mai2022_score")
 SIZE_PARAMS = {True: "export.frame_size", False: "export.input_size"}
 """The recipe param that says at what size a frame (True) or a tile (False) latency was measured."""
+SHIPPED_PARAM = "quantize.mode"
+"""The recipe param naming a run's shipped TFLite variant: rows that ship different ones (a sweep over
+it) are each timed on their own (``latency_ms_frame_tflite_<quantize.mode>_<n>t``)."""
 
 
 class CompareError(ValueError):
@@ -55,11 +58,26 @@ class Comparison:
     rows: list[Row]
     latency_key: str | None
     files: list[Path] = field(default_factory=list)
+    shipped: list[str] = field(default_factory=list)
+    """When rows ship different variants: those variants; each row's latency is then its own variant's."""
 
     @property
     def latency_label(self) -> str:
         """What the latency column measured: runtime, threads and size (``latency_label``)."""
-        return latency_label(self.latency_key, self.rows)
+        label = latency_label(self.latency_key, self.rows)
+        if len(self.shipped) > 1:
+            runtime, _, rest = label.partition(", ")
+            label = f"{runtime.split()[0]} quantize.mode of each run ({', '.join(self.shipped)}), {rest}"
+        return label
+
+    @property
+    def latency_key_name(self) -> str:
+        """The latency metric, with ``<quantize.mode>`` for its variant when rows ship different ones."""
+        key = self.latency_key or ""
+        if len(self.shipped) > 1:
+            for variant in self.shipped:
+                key = key.replace(f"_{variant}_", f"_<{SHIPPED_PARAM}>_")
+        return key
 
     @property
     def scored(self) -> bool:
@@ -144,31 +162,46 @@ def fetch_rows(tracking_uri: str, experiments: Sequence[str] | None = None, reci
         kind = run.data.tags.get("run_kind")
         is_summary = kind in SUMMARY_KINDS if kind else "stage" not in run.data.tags
         if is_summary and "psnr" in run.data.metrics:
-            params = {k: v for k, v in run.data.params.items() if k in SIZE_PARAMS.values()}
+            params = {k: v for k, v in run.data.params.items() if k in (*SIZE_PARAMS.values(), SHIPPED_PARAM)}
             rows.append(Row(run.info.run_id, run.info.run_name or run.info.run_id[:8],
                             names[run.info.experiment_id], dict(run.data.metrics), params=params))
     return rows
 
 
+def _own_latency_keys(rows: list[Row]) -> dict[str, str]:
+    """Each row's own shipped variant's headline latency (run id -> key) when rows ship different variants
+    and every row has one measured alike (frame or tile, threads); else {}: one key for every row."""
+    mode = {r.run_id: r.params.get(SHIPPED_PARAM, "int8") for r in rows}
+    if len(set(mode.values())) < 2:
+        return {}
+    own = {r.run_id: headline_latency_key(r.metrics, mode[r.run_id]) for r in rows}
+    alike = {k.replace(f"_{mode[i]}_", "_") if k else None for i, k in own.items()}
+    return {i: k for i, k in own.items() if k} if len(alike) == 1 and None not in alike else {}
+
+
 def trade_off(rows: list[Row], latency_key: str | None = None) -> Comparison:
     """Fill ``latency_ms`` (from ``latency_key``, default the headline latency the rows share), the
     challenge scores (only from a frame-size latency), and the Pareto marks (max PSNR, min latency, min
-    size)."""
+    size); rows that ship different variants (``SHIPPED_PARAM``) each get their own variant's latency."""
+    own = _own_latency_keys(rows) if latency_key is None else {}
+    shipped = sorted({r.params.get(SHIPPED_PARAM, "int8") for r in rows}) if own else []
     if latency_key is None:
         common = set.intersection(*(set(r.metrics) for r in rows)) if rows else set()
-        latency_key = headline_latency_key(common) or headline_latency_key({k for r in rows for k in r.metrics})
+        latency_key = next(iter(own.values()), None) or headline_latency_key(common) \
+            or headline_latency_key({k for r in rows for k in r.metrics})
     for row in rows:
         for score in SCORE_METRICS:  # logged by an older ispdc from a tile latency: recomputed or dropped
             row.metrics.pop(score, None)
-        if latency_key and latency_key in row.metrics:
-            row.metrics["latency_ms"] = row.metrics[latency_key]
-            if is_frame_latency(latency_key):
+        key = own.get(row.run_id, latency_key)
+        if key and key in row.metrics:
+            row.metrics["latency_ms"] = row.metrics[key]
+            if is_frame_latency(key):
                 row.metrics.update(challenge_scores(row.metrics["psnr"], row.metrics["latency_ms"]))
     keys = [k for k in ("psnr", "latency_ms", "size_kb") if any(not math.isnan(r.get(k)) for r in rows)]
     objectives = [tuple(r.get(k) for k in keys) for r in rows]  # an objective no run reports is left out
     for row, optimal in zip(rows, pareto_mask(objectives, tuple(k == "psnr" for k in keys))):
         row.pareto = optimal
-    return Comparison(rows, latency_key)
+    return Comparison(rows, latency_key, shipped=shipped)
 
 
 def format_table(comparison: Comparison) -> str:
@@ -192,7 +225,7 @@ def format_table(comparison: Comparison) -> str:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     lines.append("* Pareto-optimal: no other run has higher PSNR, lower latency and smaller size at once")
     if comparison.latency_key:
-        lines.append(f"latency: {comparison.latency_key} ({comparison.latency_label}); " + (
+        lines.append(f"latency: {comparison.latency_key_name} ({comparison.latency_label}); " + (
             "MAI 2021/2022 scores from it" if comparison.scored else
             "MAI scores n/a: they are defined on a whole frame's runtime (set export.frame_size)"))
     return "\n".join(lines)

@@ -189,21 +189,58 @@ class SweepPoint:
         return " ".join(f"{n}={v}" for n, v in zip(names, self.values.values()))
 
 
-def sweep_values(recipe: Recipe, path: Path | str = "<recipe>") -> list[dict[str, Any]]:
-    """The points' values: the product of the lists (grid) or their i-th entries (zip)."""
+def is_variant_axis(key: str) -> bool:
+    """A sweep key that is no recipe key (``family``): its values are named variants, each a mapping of
+    dotted recipe keys set together (``{name: lwisp_w05, student.model: lwisp, student.config: {width:
+    0.5}}``), for values that only make sense in pairs, like a model and its config."""
+    return "." not in key and key not in Recipe.model_fields
+
+
+def _variant(key: str, value: Any, path: Path | str) -> tuple[str, dict[str, Any]]:
+    """One named variant: (its label, its dotted settings)."""
+    if not isinstance(value, dict) or not [k for k in value if k != "name"]:
+        close = difflib.get_close_matches(key, list(Recipe.model_fields), n=1)
+        hint = f"did you mean {close[0]!r}? Else " if close else ""
+        raise RecipeError(f"{path}: sweep.{key}: {key!r} is not a recipe key: {hint}its values must be named "
+                          f"variants, mappings of dotted keys ({{name: a, student.model: smallnet}}); got {value!r}")
+    settings = {str(k): v for k, v in value.items() if k != "name"}
+    label = str(value.get("name") or " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings.items()))
+    return label, settings
+
+
+def _sweep_points(recipe: Recipe, path: Path | str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per point: (its values as labelled, the dotted settings it makes); a variant axis labels a point
+    by the variant's name and sets every key of the variant."""
     if not recipe.sweep:
         return []
     keys = list(recipe.sweep)
-    lists = [recipe.sweep[k] for k in keys]
+    axes: list[list[tuple[Any, dict[str, Any]]]] = []
+    for key in keys:
+        if is_variant_axis(key):
+            axes.append(list(_variant(key, v, path) for v in recipe.sweep[key]))
+        else:
+            axes.append([(v, {key: v}) for v in recipe.sweep[key]])
     if recipe.sweep_mode == "zip":
-        lengths = {k: len(v) for k, v in zip(keys, lists)}
+        lengths = {k: len(v) for k, v in zip(keys, axes)}
         if len(set(lengths.values())) != 1:
             raise RecipeError(f"{path}: sweep: sweep_mode zip needs lists of one length; got "
                               + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
-        combos = list(zip(*lists))
+        combos = list(zip(*axes))
     else:
-        combos = list(itertools.product(*lists))
-    return [dict(zip(keys, combo)) for combo in combos]
+        combos = list(itertools.product(*axes))
+    points = []
+    for combo in combos:
+        settings: dict[str, Any] = {}
+        for _, part in combo:
+            settings.update(part)
+        points.append(({k: label for k, (label, _) in zip(keys, combo)}, settings))
+    return points
+
+
+def sweep_values(recipe: Recipe, path: Path | str = "<recipe>") -> list[dict[str, Any]]:
+    """The points' values: the product of the lists (grid) or their i-th entries (zip); a variant axis
+    (``is_variant_axis``) gives its variant's name."""
+    return [values for values, _ in _sweep_points(recipe, path)]
 
 
 def expand_sweep(recipe: Recipe, path: Path | str = "<recipe>") -> list[SweepPoint]:
@@ -214,11 +251,11 @@ def expand_sweep(recipe: Recipe, path: Path | str = "<recipe>") -> list[SweepPoi
     """
     base = recipe.model_dump(mode="json", exclude={"sweep", "sweep_mode"})
     points = []
-    for index, values in enumerate(sweep_values(recipe, path)):
+    for index, (values, settings) in enumerate(_sweep_points(recipe, path)):
         data = copy.deepcopy(base)
-        for key, value in values.items():
+        for key, value in settings.items():
             set_dotted(data, key, value, f"{path}: sweep.{key}")
-        if "handoff.name" not in values:
+        if "handoff.name" not in settings:
             data["handoff"]["name"] = f"{recipe.bundle_name}_p{index:02d}"
         try:
             points.append(SweepPoint(index, values, Recipe.model_validate(data)))
