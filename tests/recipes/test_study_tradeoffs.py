@@ -35,8 +35,8 @@ def test_study_expands_to_builds_x_prune_ratios() -> None:
         assert r.export.frame_size == (1088, 1920) and r.export.require == []
         assert r.prune is not None
         seen.add((family, mode, r.prune.ratio))
-    assert seen == {(f, m, ratio) for f, m in BUILDS for ratio in (0.25, 0.5)}
-    assert points[3].short_label == "build=smallnet16-int16x8 ratio=0.5"
+    assert seen == {(f, m, ratio) for f, m in BUILDS for ratio in (0.25, 0.4)}
+    assert points[3].short_label == "build=smallnet16-int16x8 ratio=0.4"
     assert len({p.recipe.bundle_name for p in points}) == 12
 
 
