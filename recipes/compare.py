@@ -13,6 +13,7 @@ a Full-HD frame's runtime.  A run timed only on the export tile gets "n/a", neve
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ SUMMARY_KINDS = ("recipe", "point")
 TABLE_COLUMNS = ("psnr", "ssim", "size_kb", "macs", "latency_ms", "mai2021_score", "mai2022_score")
 SIZE_PARAMS = {True: "export.frame_size", False: "export.input_size"}
 """The recipe param that says at what size a frame (True) or a tile (False) latency was measured."""
+LOG_SPAN = 20.0
+"""A plot's x axis is logarithmic when its values span more than this factor."""
 SHIPPED_PARAM = "quantize.mode"
 """The recipe param naming a run's shipped TFLite variant: rows that ship different ones (a sweep over
 it) are each timed on their own (``latency_ms_frame_tflite_<quantize.mode>_<n>t``)."""
@@ -260,8 +263,11 @@ def write_plots(comparison: Comparison, out_dir: Path) -> list[Path]:
         ax.scatter(xs, ys, c=["tab:red" if r.pareto else "tab:gray" for r in rows], zorder=3)
         ax.step(fx, fy, where="post", color="tab:red", alpha=0.5, label="front (this pair)")
         for r, x, y in zip(rows, xs, ys):
-            ax.annotate(r.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xlabel(label)
+            ax.annotate(r.name, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > LOG_SPAN  # e.g. int8 next to int16x8
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel("\n".join(textwrap.wrap(label, 70)), fontsize=8)
         ax.set_ylabel("PSNR dB")
         ax.set_title(f"PSNR vs {key} (red: Pareto-optimal on PSNR, latency, size)", fontsize=9)
         ax.grid(alpha=0.3)
@@ -283,7 +289,7 @@ def write_plots(comparison: Comparison, out_dir: Path) -> list[Path]:
                 hovertemplate="%{text}<br>PSNR %{y:.2f} dB<br>" + key + " %{x:.2f}<br>SSIM %{customdata[1]:.4f}"
                               "<br>MACs %{customdata[2]:,.0f}<br>run %{customdata[0]}<extra></extra>"))
         figure.update_layout(title=f"PSNR vs {label}", xaxis_title=label, yaxis_title="PSNR dB",
-                             template="plotly_white")
+                             template="plotly_white", xaxis_type="log" if log_x else "linear")
         html = out_dir / f"{stem}.html"
         figure.write_html(html, include_plotlyjs=True, full_html=True)
         files += [png, html]
