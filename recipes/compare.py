@@ -70,7 +70,7 @@ class Comparison:
         label = latency_label(self.latency_key, self.rows)
         if len(self.shipped) > 1:
             runtime, _, rest = label.partition(", ")
-            label = f"{runtime.split()[0]} quantize.mode of each run ({', '.join(self.shipped)}), {rest}"
+            label = f"{runtime.split()[0]} shipped {'/'.join(self.shipped)}, {rest}"
         return label
 
     @property

@@ -104,7 +104,7 @@ def test_rows_shipping_different_variants_are_each_timed_on_their_own() -> None:
     assert [r.pareto for r in cmp.rows] == [True, True]
     assert cmp.shipped == ["int16x8", "int8"] and cmp.scored
     text = format_table(cmp)
-    assert "latency_ms (TFLite quantize.mode of each run (int16x8, int8), 2 threads, 1088x1920 frame)" in text
+    assert "latency_ms (TFLite shipped int16x8/int8, 2 threads, 1088x1920 frame)" in text
     assert "latency: latency_ms_frame_tflite_<quantize.mode>_2t" in text
 
     same = trade_off([row("a", "int8", 20.0, None, 30.0), row("c", "int8", 19.0, None, 20.0)])
