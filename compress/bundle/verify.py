@@ -11,7 +11,7 @@ mismatch as one line naming the card field, e.g. ``input.scale: card 0.5, model 
 * the frame model (card ``frame``): it loads, its input is the card's ``frame.packed_hw``, and its I/O
   dtypes and quantization are the tile model's (an app feeds both the same way);
 * the golden vectors: ``golden_input.npy`` through ``model.tflite`` gives ``golden_output.npy`` within
-  ``golden.tolerance``; the golden output lies in the card's ``output.range`` (2 % slack) and spans at
+  ``golden.tolerance``; the golden output lies in the card's ``output.range`` (slack: a quarter of it) and spans at
   least 2 % of it (a card saying [0, 255] for a [0, 1] model fails; a dark golden crop through a barely
   trained model reached 17 % of [0, 1]);
 * the channel order (``compress.bundle.channel_check``): a permutation of B, Gb, R, Gr, the order the
@@ -35,7 +35,7 @@ __all__ = ["BundleError", "VerifyResult", "load_card", "verify_bundle"]
 
 _README_HASH = re.compile(r"`?([\w.-]+\.tflite)`? SHA-256: `([0-9a-fA-F]{64})`")
 _FIELDS = ("name", "shape", "dtype", "scale", "zero_point")
-RANGE_SLACK = 0.02  # a float model may overshoot its nominal range a little (no clamp at the end)
+RANGE_SLACK = 0.25  # a model without a final clamp overshoots: a 3-step API-test model gave [-0.126, 0.126]
 RANGE_COVER = 0.02  # a stated range 50x wider than the golden output reaches: the card's scale is wrong
 
 

@@ -5,9 +5,10 @@ import sys
 import pytest
 
 
-# compress and recipes keep their __init__ free of torch (``ispdc --help`` starts without it): their
-# torch-using modules bring the shim in through the model packages.
-@pytest.mark.parametrize("package", ["teachers", "students", "distill", "compress.fold", "recipes.runner"])
+# distill, compress and recipes keep their __init__ free of torch (``ispdc --help`` and ``ispdc process``
+# start without it): their torch-using modules bring the shim in (distill.metrics/losses import it first).
+@pytest.mark.parametrize("package", ["teachers", "students", "distill.metrics", "distill.losses", "compress.fold",
+                                     "recipes.runner"])
 def test_timm_imports_after_each_package(package: str) -> None:
     code = (f"import {package}, timm, torchmetrics; from timm.layers.cbam import CbamModule; "
             "print(CbamModule(8).__class__.__name__)")
