@@ -160,9 +160,15 @@ def quantize_with_float_layers(factory: ConverterFactory, calibrated_model: byte
     return factory.finish(flatbuffer)
 
 
+PrepareFn = Callable[[ConverterFactory, bytes], bytes]
+"""``prepare(factory, calibrated)``: the calibrated model with its ranges set (``compress.quantization.ranges``)."""
+
+
 def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Path, max_drop_db: float,
-           max_float_layers: int, probe: int = 8) -> SelectiveResult:
+           max_float_layers: int, probe: int = 8, prepare: PrepareFn | None = None) -> SelectiveResult:
     """Measured greedy search (module docstring); the best model is written to ``work/int8_selective.tflite``.
+
+    ``prepare`` sets the activation ranges every candidate is quantized from (default: min/max as calibrated).
 
     ``reached`` is False when ``max_float_layers`` layers (or every candidate) are float and the drop
     is still over ``max_drop_db``: the caller decides whether that fails.
@@ -170,6 +176,7 @@ def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Pa
     if probe < 1:
         raise ValueError(f"probe must be >= 1; got {probe}")
     debugger, layers = layer_errors(factory)
+    calibrated = debugger.calibrated_model if prepare is None else prepare(factory, debugger.calibrated_model)
     candidate = work / "int8_selective.tflite"
 
     def measure(flatbuffer: bytes) -> float:
@@ -180,7 +187,7 @@ def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Pa
         """None when the quantizer cannot keep these layers in float (e.g. the op ties scales with a
         neighbour: "quantization parameters violate the same scale constraint")."""
         try:
-            return quantize_with_float_layers(factory, debugger.calibrated_model, names)
+            return quantize_with_float_layers(factory, calibrated, names)
         except RuntimeError:
             if not names:
                 raise
@@ -245,18 +252,18 @@ class SelectivePrecision:
     """
 
     def __init__(self, max_drop_db: float, max_float_layers: int, drop_db: DropFn, key: str = "int8",
-                 probe: int = 8) -> None:
+                 probe: int = 8, prepare: PrepareFn | None = None) -> None:
         if max_float_layers < 0:
             raise ValueError(f"max_float_layers must be >= 0; got {max_float_layers}")
         if probe < 1:
             raise ValueError(f"probe must be >= 1; got {probe}")
         self.max_drop_db, self.max_float_layers, self.drop_db, self.key = max_drop_db, max_float_layers, drop_db, key
-        self.probe = probe
+        self.probe, self.prepare = probe, prepare
         self.result: SelectiveResult | None = None
 
     def __call__(self, factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
         self.result = search(factory, built["fp32"], self.drop_db, work, self.max_drop_db, self.max_float_layers,
-                             self.probe)
+                             self.probe, self.prepare)
         assert self.result.path is not None
         return {self.key: self.result.path}
 

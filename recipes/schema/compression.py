@@ -99,6 +99,11 @@ class QuantizeStage(Strict):
     calibration_frames: int = Field(32, ge=1, description="RAW crops from the training data")
     calibration_selection: Literal["random", "spread"] = Field(
         "random", description="random crops, or crops from every image spread over its brightness range")
+    ranges: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="int8 activation ranges: TFLite's min/max over the calibration frames, or each "
+                              "tensor clipped to a percentile or to its least-squared-error range "
+                              "(compress.quantization.ranges; written into TFLite's own quantizer)")
+    range_percentile: float = Field(99.99, gt=50, le=100, description="the percentile kept by ranges: percentile")
     selective: SelectiveSpec | None = Field(None, description="selective precision for the int8 variant")
     qat: QATSpec | None = Field(None, description="quantization-aware fine-tune before export")
     x86: list[X86Variant] = Field(default_factory=list,

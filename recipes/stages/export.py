@@ -20,9 +20,10 @@ from compress.checkpoint import load_model
 from compress.export.gpu_rewrites import rewrite_expand_for_gpu
 from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
 from compress.export.onnx_export import export_onnx
-from compress.export.tflite import convert_onnx_to_tflite
+from compress.export.tflite import ExtraBuild, convert_onnx_to_tflite
 from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
 from compress.fold import fold_model
+from compress.quantization.ranges import RangeSetting
 from compress.quantization.selective import SelectivePrecision, selective_markdown
 from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
 from compress.runtime.parity import run_onnx
@@ -91,13 +92,18 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
     variants = qcfg.built_variants()
     selective = None
     modes = [v for v in variants if v != "fp32"]
+    ranged = RangeSetting(qcfg.ranges, qcfg.range_percentile) if qcfg.ranges != "minmax" else None
+    int8_hook: ExtraBuild | None = ranged if "int8" in modes else None
+    if int8_hook is not None and qcfg.selective is None:
+        modes.remove("int8")
     if qcfg.selective is not None:
         def drop(candidate: Path, fp32: Path) -> float:
             return tflite_psnr(fp32, data.raws, data.target, threads) - tflite_psnr(candidate, data.raws,
                                                                                      data.target, threads)
 
         selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop,
-                                       probe=qcfg.selective.probe)
+                                       probe=qcfg.selective.probe, prepare=ranged.prepare if ranged else None)
+        int8_hook = selective
         modes.remove("int8")
     int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
     float_source, gpu_rewrites = (_gpu_float_source(onnx_path, folder) if ctx.recipe.export.gpu_rewrite
@@ -110,11 +116,11 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
     separate_int8 = "int8" in variants and int8_source != float_source
     tflite = convert_onnx_to_tflite(float_source, folder / "tflite", calibration, int8_io=qcfg.int8_io,
                                     modes=[m for m in modes if not (separate_int8 and m == "int8")],
-                                    extra=None if separate_int8 else selective)
+                                    extra=None if separate_int8 else int8_hook)
     if separate_int8:  # a second onnx2tf run on the int8 variant's own graph, for it alone
         bar.set_postfix_str(f"onnx2tf -> TFLite int8 (XNNPACK rewrites: {rewrites}, GPU rewrites: {gpu_rewrites})")
         built = convert_onnx_to_tflite(int8_source, folder / "tflite_int8", calibration, int8_io=qcfg.int8_io,
-                                       modes=[] if selective else ["int8"], extra=selective)
+                                       modes=[] if int8_hook else ["int8"], extra=int8_hook)
         tflite["int8"] = Path(shutil.move(built["int8"], folder / "tflite" / built["int8"].name))
         shutil.rmtree(folder / "tflite_int8")
     tflite = {v: tflite[v] for v in variants}

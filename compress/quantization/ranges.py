@@ -1,0 +1,206 @@
+"""Activation ranges for TFLite INT8 beyond min/max: read, search and write the ranges TFLite quantizes with.
+
+TensorFlow's INT8 quantizer works in two steps: calibration runs the float model on the representative
+frames and stores each activation tensor's min and max in the flatbuffer (``QuantizationParameters.min``
+/ ``max``), then ``mlir_quantize`` turns those ranges into scales and zero points, re-scales biases and
+applies the scale ties (concatenation, max pooling, depth to space, reshape).  Between the two steps the
+ranges are plain numbers in a float model, so a range chosen by any method is carried into the shipped
+INT8 tensors *by TFLite's own quantizer*: same ops, same kernels, same patches
+(``compress.export.tflite_patches``) as the min/max build.  That is how ispdc sets ranges:
+
+- ``minmax``: what the converter does (the calibrated ranges unchanged);
+- ``percentile``: each tensor clipped to its ``percentile`` / ``100 - percentile`` values over the
+  calibration frames (TensorRT's and AIMET's percentile calibration);
+- ``mse``: each tensor's range shrunk to the one that minimises the mean squared error of quantizing
+  its calibration values (AIMET's and AI Edge Quantizer's MSE range setting, per activation here);
+- ``given``: ranges from elsewhere, by tensor name (the learned ranges of ``compress.quantization.qat``).
+
+Model inputs keep their calibrated range (the RAW input range is the sensor's, not a statistic to clip),
+and outputs of ops with fixed INT8 parameters (LOGISTIC, TANH) are left alone: the quantizer ignores
+their ranges.  A range always contains zero, as TFLite's quantizer requires.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+RangeMethod = Literal["minmax", "percentile", "mse"]
+RANGE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
+FIXED_RANGE_OPS = {"LOGISTIC", "TANH", "SOFTMAX"}
+SAMPLE_VALUES = 1 << 18  # values per tensor the searches see (a seeded subsample of larger tensors)
+MSE_GRID = 48  # shrink factors tried per side by the MSE search
+Range = tuple[float, float]
+
+
+def calibrate(factory: Any) -> bytes:
+    """The float model with every activation's calibrated min/max stored in it (no quantization yet).
+
+    ``factory`` is the ``compress.export.tflite.ConverterFactory`` of the conversion; its int8 converter
+    with ``_experimental_calibrate_only`` stops after calibration (what TF's quantization debugger does).
+    """
+    converter = factory.converter("int8")
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - TF's public path to the calibrated model
+    return bytes(converter.convert())
+
+
+def read_ranges(calibrated: bytes) -> dict[str, Range]:
+    """``{tensor name: (min, max)}`` of every tensor the calibration gave a range (first subgraph)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    ranges = {}
+    for tensor in model.subgraphs[0].tensors:
+        q = tensor.quantization
+        if q is not None and q.min is not None and q.max is not None and len(q.min) == 1 and len(q.max) == 1:
+            ranges[_name(tensor)] = (float(q.min[0]), float(q.max[0]))
+    return ranges
+
+
+def write_ranges(calibrated: bytes, ranges: Mapping[str, Range]) -> bytes:
+    """``calibrated`` with the named tensors' min/max replaced (each widened to contain zero).
+
+    Raises ``KeyError`` naming any tensor that is not in the model or has no calibrated range.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    by_name = {_name(t): t for t in model.subgraphs[0].tensors}
+    missing = sorted(n for n in ranges if n not in by_name or by_name[n].quantization is None
+                     or by_name[n].quantization.min is None)
+    if missing:
+        raise KeyError(f"no calibrated tensor named {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name, (lo, hi) in ranges.items():
+        q = by_name[name].quantization
+        q.min = np.array([min(float(lo), 0.0)], dtype=np.float32)
+        q.max = np.array([max(float(hi), 0.0)], dtype=np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def searchable_tensors(calibrated: bytes) -> list[str]:
+    """Tensors whose range a method may set: calibrated outputs of ops without fixed INT8 parameters."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    graph = model.subgraphs[0]
+    ranged = read_ranges(calibrated)
+    names = []
+    for op in graph.operators:
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) in FIXED_RANGE_OPS:
+            continue
+        for index in op.outputs:
+            name = _name(graph.tensors[index])
+            if name in ranged:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def activations(calibrated: bytes, frames_nhwc: np.ndarray, names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of the named tensors over ``frames_nhwc`` (float model, builtin kernels), subsampled per tensor."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    index = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    inp = interpreter.get_input_details()[0]
+    batch = int(inp["shape"][0]) or 1
+    gathered: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(frames_nhwc), batch):
+        idx = np.arange(start, start + batch) % len(frames_nhwc)
+        interpreter.set_tensor(inp["index"], frames_nhwc[idx].astype(inp["dtype"]))
+        interpreter.invoke()
+        for name in names:
+            gathered[name].append(np.asarray(interpreter.get_tensor(index[name]), dtype=np.float32).ravel())
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, parts in gathered.items():
+        values = np.concatenate(parts)
+        if values.size > SAMPLE_VALUES:
+            values = values[rng.choice(values.size, SAMPLE_VALUES, replace=False)]
+        out[name] = values
+    return out
+
+
+def quantization_mse(values: np.ndarray, lo: float, hi: float, bits: int = 8) -> float:
+    """Mean squared error of asymmetric per-tensor quantization of ``values`` to [lo, hi] (TFLite's scheme)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    levels = (1 << bits) - 1
+    scale = (hi - lo) / levels if hi > lo else 1.0
+    qmin = -(1 << (bits - 1))
+    zero = np.round(qmin - lo / scale)
+    q = np.clip(np.round(values / scale) + zero, qmin, qmin + levels)
+    return float(np.mean(np.square((q - zero) * scale - values)))
+
+
+def search_range(values: np.ndarray, method: RangeMethod, percentile: float = 99.99, bits: int = 8) -> Range:
+    """The range ``method`` picks for one tensor's calibration ``values`` (module docstring)."""
+    lo, hi = float(min(values.min(), 0.0)), float(max(values.max(), 0.0))
+    if method == "minmax" or hi <= lo:
+        return lo, hi
+    if method == "percentile":
+        p_lo, p_hi = np.percentile(values, [100.0 - percentile, percentile])
+        return float(min(p_lo, 0.0)), float(max(p_hi, 0.0))
+    if method != "mse":
+        raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
+    shrink = np.linspace(1.0 / MSE_GRID, 1.0, MSE_GRID)
+    best = (quantization_mse(values, lo, hi, bits), lo, hi)
+    for _ in range(2):  # coordinate descent: the upper end, then the lower end, twice
+        _, cur_lo, cur_hi = best
+        for a in shrink * hi:
+            best = min(best, (quantization_mse(values, cur_lo, float(a), bits), cur_lo, float(a)))
+        _, cur_lo, cur_hi = best
+        if lo < 0:
+            for b in shrink * lo:
+                best = min(best, (quantization_mse(values, float(b), cur_hi, bits), float(b), cur_hi))
+    return best[1], best[2]
+
+
+def searched_ranges(calibrated: bytes, frames_nhwc: np.ndarray, method: RangeMethod,
+                    percentile: float = 99.99) -> dict[str, Range]:
+    """Every searchable tensor's range by ``method`` on the calibration frames (``minmax``: as calibrated)."""
+    names = searchable_tensors(calibrated)
+    if method == "minmax":
+        ranged = read_ranges(calibrated)
+        return {n: ranged[n] for n in names}
+    values = activations(calibrated, frames_nhwc, names)
+    return {n: search_range(values[n], method, percentile) for n in names}
+
+
+def _name(tensor: Any) -> str:
+    name = tensor.name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class RangeSetting:
+    """``convert_onnx_to_tflite(extra=...)`` hook: the ``int8`` variant quantized from ranges set by ``method``.
+
+    ``prepare(factory, calibrated)`` is the same range setting applied to a calibrated model someone else
+    made (the selective-precision search re-quantizes its debugger's model through it).  After the
+    conversion ``ranges`` holds what was written and ``changed`` how many tensors moved off min/max.
+    """
+
+    def __init__(self, method: RangeMethod, percentile: float = 99.99, key: str = "int8") -> None:
+        if method not in RANGE_METHODS:
+            raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]; got {percentile}")
+        self.method, self.percentile, self.key = method, percentile, key
+        self.ranges: dict[str, Range] = {}
+        self.changed = 0
+
+    def prepare(self, factory: Any, calibrated: bytes) -> bytes:
+        if factory.frames is None:
+            raise ValueError("range setting needs the conversion's calibration frames")
+        before = read_ranges(calibrated)
+        self.ranges = searched_ranges(calibrated, factory.frames, self.method, self.percentile)
+        self.changed = sum(1 for n, r in self.ranges.items() if r != before[n])
+        return write_ranges(calibrated, self.ranges)
+
+    def __call__(self, factory: Any, built: dict[str, Any], work: Any) -> dict[str, Any]:
+        from compress.quantization.selective import quantize_with_float_layers
+
+        path = work / f"{self.key}.tflite"
+        path.write_bytes(quantize_with_float_layers(factory, self.prepare(factory, calibrate(factory)), []))
+        return {self.key: path}
