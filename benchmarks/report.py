@@ -39,6 +39,37 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} CPUs"
 
 
+# instruction-set extensions that decide which INT8 / fp16 kernels a CPU runs (XNNPACK, oneDNN, ONNX Runtime):
+# x86 VNNI turns an int8 dot product into one instruction (without it int8 GEMMs widen to int16 and are often no
+# faster than fp32 FMA); ARM dotprod / i8mm do the same on phones.  /proc/cpuinfo flag -> name in the results.
+ISA_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+             "amx_int8": "AMX-INT8", "asimddp": "ARM dotprod", "i8mm": "ARM i8mm", "fphp": "ARM fp16"}
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict[str, bool]:
+    """Which of ``ISA_FLAGS`` this CPU has (from /proc/cpuinfo; all False where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            flags |= set(line.split(":", 1)[1].split())
+    return {name: flag in flags for flag, name in ISA_FLAGS.items()}
+
+
+def isa_summary(isa: dict[str, bool]) -> str:
+    """``AVX2+FMA, no AVX-512/VNNI`` style: what the CPU has, and the int8 extensions it lacks."""
+    has = [name for name, present in isa.items() if present]
+    x86 = isa.get("AVX2") or isa.get("AVX-512")
+    missing = [n for n in (("AVX-512", "AVX512-VNNI", "AVX-VNNI") if x86 else ("ARM dotprod", "ARM i8mm"))
+               if not isa.get(n)]
+    text = "+".join(has) if has else "no SIMD flags read"
+    return text + (f", no {'/'.join(missing)}" if missing else "")
+
+
 def cli(doc: str | None) -> argparse.ArgumentParser:
     """A benchmark's argument parser, described by the first paragraph of its module docstring."""
     return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
@@ -53,12 +84,13 @@ def setup(threads: int | None = None) -> None:
 
 def stamp(**fields: Any) -> dict[str, Any]:
     """A result headed by today's date and this machine, as every result JSON starts."""
-    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), **fields}
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "cpu_isa": cpu_isa(), **fields}
 
 
 def measured_on(result: dict[str, Any]) -> str:
     """The start of every table's introduction: when and where the result was measured."""
-    return f"Measured {result['date']} on {result['machine']}"
+    isa = f" ({isa_summary(result['cpu_isa'])})" if result.get("cpu_isa") else ""
+    return f"Measured {result['date']} on {result['machine']}{isa}"
 
 
 def paragraph(text: str, **fields: Any) -> str:

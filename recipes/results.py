@@ -64,6 +64,8 @@ class QuantizeResult(ModelResult):
 
     calibration: Path
     activation_ranges: Path
+    learned_ranges: Path | None = None
+    """QAT's trained activation ranges (``quantize.qat.learn_ranges``), which the export writes into int8."""
 
 
 @dataclass(frozen=True)

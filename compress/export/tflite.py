@@ -63,7 +63,7 @@ def convert_onnx_to_tflite(
 
     ``untie_reduce_extrema=False`` skips ``compress.export.graph_rewrites.untie_shared_reduce_extrema``
     and converts the graph as plain onnx2tf + TFLite leave it: only to measure what that rewrite is
-    worth (``benchmarks.quant``'s ``lwisp_tied``: LW-ISP w0.25 int8 PTQ loses ~1.26 dB without it).
+    worth (``benchmarks.quant_runtimes``'s ``lwisp_tied``: LW-ISP w0.25 int8 PTQ loses ~1.26 dB without it).
 
     Returns ``{"fp32": path, mode: path, ...}``.  Everything is built in a temporary folder and moved
     into ``out_dir`` only when every requested file converted, so a failure leaves no ``.tflite``.

@@ -6,7 +6,7 @@ Another exported format next to TFLite, for x86 servers and desktop apps that ru
   activation type defaults to **QUInt8** (U8S8): ``quantize_static``'s own guidance for x86 CPUs,
   with and without VNNI, because ORT's x86 kernels (MLAS) multiply unsigned activations by signed
   weights (``vpmaddubsw`` on AVX2, ``vpdpbusd`` with VNNI); ``activation_type="int8"`` gives S8S8,
-  the ARM recommendation.  ``benchmarks/quant.py`` measures both.  ``reduce_range`` (7-bit weights)
+  the ARM recommendation.  ``benchmarks/quant_runtimes.py`` measures both.  ``reduce_range`` (7-bit weights)
   avoids the int16 saturation of ``vpmaddubsw`` on CPUs without VNNI, at some accuracy cost; off by
   default (the benchmark machine has AVX512-VNNI).
 * ``int16``: QInt16 activations, QInt8 weights (the INT16x8 scheme of TFLite); ORT runs 16-bit QDQ

@@ -46,6 +46,7 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from compress.quantization.learned_ranges import LearnedRange, learned_ranges, use_learned_ranges
 from distill.distiller import Distiller
 from distill.metrics import psnr_db
 from distill.trainer import LogFn, TrainSpec, train
@@ -207,6 +208,8 @@ class QATResult:
     fake_quant_psnr_end: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     prepared: Any = None  # the torchao QAT graph (fake quant inside), for inspection and parity checks
+    # with learn_ranges: every trained activation range and the fingerprint that finds its TFLite tensor
+    learned_ranges: list[LearnedRange] = field(default_factory=list)
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> GraphModule:
@@ -294,6 +297,7 @@ def qat_finetune(
     desc: str = "qat",
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    learn_ranges: bool = False,
 ) -> QATResult:
     """Fine-tune ``model`` under TFLite-INT8 fake quantization; returns a float copy with the new weights.
 
@@ -303,6 +307,11 @@ def qat_finetune(
     (steps, lr, batch, losses, device); ``model`` itself is not modified.  The loop is
     ``distill.trainer.train`` on the fake-quant graph, so QAT runs under torchrun (DDP) and resumes
     from ``checkpoint_path`` like any training stage.
+
+    ``learn_ranges``: every activation range becomes a trained parameter from its min/max start
+    (``compress.quantization.learned_ranges``); they are returned in ``learned_ranges`` for the export to
+    write into the TFLite model (``compress.quantization.ranges.RangeSetting(given=...)``).  Without it the
+    ranges follow the data (EMA min/max) and TFLite recomputes them at conversion.
     """
     if calibration.ndim != 4 or len(calibration) == 0:
         raise ValueError(f"calibration must be a non-empty NCHW batch of RAW frames; got {tuple(calibration.shape)}")
@@ -314,6 +323,8 @@ def qat_finetune(
     calibration = calibration.float()
     prepared = prepare_qat(model.eval(), calibration[:1])
     calibrate(prepared, calibration)
+    if learn_ranges:
+        use_learned_ranges(prepared, FakeQuantize, _is_activation)
     with torch.no_grad():
         reference = model.eval()(calibration)
     start_psnr = psnr_db(fake_quant_output(prepared, calibration), reference)
@@ -342,4 +353,6 @@ def qat_finetune(
         tuned_float = result.model(calibration)
     result.fake_quant_psnr_end = psnr_db(fake_quant_output(prepared, calibration), tuned_float)
     result.prepared = prepared
+    if learn_ranges:
+        result.learned_ranges = learned_ranges(prepared, calibration)
     return result

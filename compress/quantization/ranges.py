@@ -21,7 +21,7 @@ their ranges.  A range always contains zero, as TFLite's quantizer requires.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +32,7 @@ FIXED_RANGE_OPS = {"LOGISTIC", "TANH", "SOFTMAX"}
 SAMPLE_VALUES = 1 << 18  # values per tensor the searches see (a seeded subsample of larger tensors)
 MSE_GRID = 48  # shrink factors tried per side by the MSE search
 Range = tuple[float, float]
+GivenFn = Callable[[bytes, dict[str, Range]], Mapping[str, Range]]
 
 
 def calibrate(factory: Any) -> bytes:
@@ -174,19 +175,26 @@ def _name(tensor: Any) -> str:
 
 
 class RangeSetting:
-    """``convert_onnx_to_tflite(extra=...)`` hook: the ``int8`` variant quantized from ranges set by ``method``.
+    """``convert_onnx_to_tflite(extra=...)`` hook: the ``int8`` variant quantized from ranges set by ``method``,
+    with every op of the types ``float_ops`` (TFLite names, e.g. instance norm's ``MEAN``,
+    ``SQUARED_DIFFERENCE``, ``RSQRT``) kept in float.
 
     ``prepare(factory, calibrated)`` is the same range setting applied to a calibrated model someone else
     made (the selective-precision search re-quantizes its debugger's model through it).  After the
     conversion ``ranges`` holds what was written and ``changed`` how many tensors moved off min/max.
+    ``given`` ranges (by tensor name, or a callable ``given(calibrated, {name: calibrated range})`` that returns
+    them, as ``compress.quantization.learned_ranges.LearnedRangeMatcher`` does) override the method's for those
+    tensors.
     """
 
-    def __init__(self, method: RangeMethod, percentile: float = 99.99, key: str = "int8") -> None:
+    def __init__(self, method: RangeMethod, percentile: float = 99.99, key: str = "int8",
+                 float_ops: Sequence[str] = (), given: Mapping[str, Range] | GivenFn | None = None) -> None:
         if method not in RANGE_METHODS:
             raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
         if not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]; got {percentile}")
-        self.method, self.percentile, self.key = method, percentile, key
+        self.method, self.percentile, self.key, self.float_ops = method, percentile, key, tuple(float_ops)
+        self.given: Mapping[str, Range] | GivenFn = given if callable(given) else dict(given or {})
         self.ranges: dict[str, Range] = {}
         self.changed = 0
 
@@ -194,7 +202,9 @@ class RangeSetting:
         if factory.frames is None:
             raise ValueError("range setting needs the conversion's calibration frames")
         before = read_ranges(calibrated)
-        self.ranges = searched_ranges(calibrated, factory.frames, self.method, self.percentile)
+        searched = searched_ranges(calibrated, factory.frames, self.method, self.percentile)
+        given = self.given(calibrated, {n: before[n] for n in searched}) if callable(self.given) else self.given
+        self.ranges = {**searched, **{n: r for n, r in given.items() if n in searched}}
         self.changed = sum(1 for n, r in self.ranges.items() if r != before[n])
         return write_ranges(calibrated, self.ranges)
 
@@ -202,5 +212,6 @@ class RangeSetting:
         from compress.quantization.selective import quantize_with_float_layers
 
         path = work / f"{self.key}.tflite"
-        path.write_bytes(quantize_with_float_layers(factory, self.prepare(factory, calibrate(factory)), []))
+        calibrated = self.prepare(factory, calibrate(factory))
+        path.write_bytes(quantize_with_float_layers(factory, calibrated, [], self.float_ops))
         return {self.key: path}

@@ -27,7 +27,7 @@ than give up INT8 for the whole model, we measure every layer and keep just the 
 Re-quantizing uses ``mlir_quantize`` on the calibrated model, which is what the debugger's own
 ``get_nondebug_quantized_model`` calls; calling it directly lets the result keep int8 model I/O.
 The search picks layers by the drop on the data ``drop_db`` scores: score a variant's final quality
-on other data (``benchmarks/quant.py`` searches on training photos and reports held-out ones).
+on other data (``benchmarks/quant_runtimes.py`` searches on training photos and reports held-out ones).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import io
 import math
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,14 +149,17 @@ def layer_errors(factory: ConverterFactory) -> tuple[Any, list[LayerError]]:
     return debugger, layers
 
 
-def quantize_with_float_layers(factory: ConverterFactory, calibrated_model: bytes, float_layers: list[str]) -> bytes:
-    """INT8 model from the calibrated model with ``float_layers`` left in float (builtin ops only)."""
+def quantize_with_float_layers(factory: ConverterFactory, calibrated_model: bytes, float_layers: list[str],
+                               float_ops: Sequence[str] = ()) -> bytes:
+    """INT8 model from the calibrated model with ``float_layers`` (op output names) and every op of the
+    types ``float_ops`` (TFLite op names, e.g. ``RSQRT``) left in float (builtin ops only)."""
     from tensorflow.lite.python import convert
 
     io_type = factory.tf.int8 if factory.int_io else factory.tf.float32
     flatbuffer = convert.mlir_quantize(calibrated_model, disable_per_channel=False, fully_quantize=False,
                                        input_data_type=io_type, output_data_type=io_type,
-                                       denylisted_nodes=list(float_layers) or None)
+                                       denylisted_nodes=list(float_layers) or None,
+                                       denylisted_ops=list(float_ops) or None)
     return factory.finish(flatbuffer)
 
 
@@ -165,10 +168,12 @@ PrepareFn = Callable[[ConverterFactory, bytes], bytes]
 
 
 def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Path, max_drop_db: float,
-           max_float_layers: int, probe: int = 8, prepare: PrepareFn | None = None) -> SelectiveResult:
+           max_float_layers: int, probe: int = 8, prepare: PrepareFn | None = None,
+           float_ops: Sequence[str] = ()) -> SelectiveResult:
     """Measured greedy search (module docstring); the best model is written to ``work/int8_selective.tflite``.
 
-    ``prepare`` sets the activation ranges every candidate is quantized from (default: min/max as calibrated).
+    ``prepare`` sets the activation ranges every candidate is quantized from (default: min/max as calibrated);
+    ``float_ops`` are op types every candidate keeps in float (``quantize_with_float_layers``).
 
     ``reached`` is False when ``max_float_layers`` layers (or every candidate) are float and the drop
     is still over ``max_drop_db``: the caller decides whether that fails.
@@ -187,7 +192,7 @@ def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Pa
         """None when the quantizer cannot keep these layers in float (e.g. the op ties scales with a
         neighbour: "quantization parameters violate the same scale constraint")."""
         try:
-            return quantize_with_float_layers(factory, calibrated, names)
+            return quantize_with_float_layers(factory, calibrated, names, float_ops)
         except RuntimeError:
             if not names:
                 raise
@@ -252,18 +257,18 @@ class SelectivePrecision:
     """
 
     def __init__(self, max_drop_db: float, max_float_layers: int, drop_db: DropFn, key: str = "int8",
-                 probe: int = 8, prepare: PrepareFn | None = None) -> None:
+                 probe: int = 8, prepare: PrepareFn | None = None, float_ops: Sequence[str] = ()) -> None:
         if max_float_layers < 0:
             raise ValueError(f"max_float_layers must be >= 0; got {max_float_layers}")
         if probe < 1:
             raise ValueError(f"probe must be >= 1; got {probe}")
         self.max_drop_db, self.max_float_layers, self.drop_db, self.key = max_drop_db, max_float_layers, drop_db, key
-        self.probe, self.prepare = probe, prepare
+        self.probe, self.prepare, self.float_ops = probe, prepare, tuple(float_ops)
         self.result: SelectiveResult | None = None
 
     def __call__(self, factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
         self.result = search(factory, built["fp32"], self.drop_db, work, self.max_drop_db, self.max_float_layers,
-                             self.probe, self.prepare)
+                             self.probe, self.prepare, self.float_ops)
         assert self.result.path is not None
         return {self.key: self.result.path}
 

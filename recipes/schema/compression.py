@@ -89,6 +89,8 @@ class QATSpec(Strict):
     kd_weight: float = Field(0.5, ge=0, description="output L1 to the float model before QAT (0: off)")
     freeze_fraction: float = Field(0.25, ge=0, le=1,
                                    description="last fraction of the steps with activation ranges fixed")
+    learn_ranges: bool = Field(True, description="activation ranges trained with the weights (LSQ+) and written "
+                                                 "into the TFLite model; false: min/max ranges TFLite recomputes")
 
 
 class QuantizeStage(Strict):
@@ -104,6 +106,9 @@ class QuantizeStage(Strict):
                               "tensor clipped to a percentile or to its least-squared-error range "
                               "(compress.quantization.ranges; written into TFLite's own quantizer)")
     range_percentile: float = Field(99.99, gt=50, le=100, description="the percentile kept by ranges: percentile")
+    float_ops: list[str] = Field(default_factory=list,
+                                 description="TFLite op types the int8 variant keeps in float, e.g. [MEAN, "
+                                             "SQUARED_DIFFERENCE, RSQRT]: instance norm's statistics")
     selective: SelectiveSpec | None = Field(None, description="selective precision for the int8 variant")
     qat: QATSpec | None = Field(None, description="quantization-aware fine-tune before export")
     x86: list[X86Variant] = Field(default_factory=list,

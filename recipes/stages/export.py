@@ -23,6 +23,7 @@ from compress.export.onnx_export import export_onnx
 from compress.export.tflite import ExtraBuild, convert_onnx_to_tflite
 from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
 from compress.fold import fold_model
+from compress.quantization.learned_ranges import LearnedRange, LearnedRangeMatcher
 from compress.quantization.ranges import RangeSetting
 from compress.quantization.selective import SelectivePrecision, selective_markdown
 from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
@@ -84,6 +85,14 @@ def _gpu_float_source(onnx_path: Path, folder: Path) -> tuple[Path, int]:
     return copy_path, count
 
 
+def _learned_ranges(ctx: RunContext) -> LearnedRangeMatcher | None:
+    """QAT's trained ranges (quantize stage), matched to the calibrated TFLite tensors during conversion."""
+    path = ctx.result("quantize", QuantizeResult).learned_ranges
+    if path is None:
+        return None
+    return LearnedRangeMatcher(LearnedRange(**item) for item in json.loads(Path(path).read_text()))
+
+
 def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, calibration: np.ndarray,
              bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int], int]:
     """Every TFLite variant from one onnx2tf run (two when the int8 variant converts from another graph than
@@ -92,7 +101,9 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
     variants = qcfg.built_variants()
     selective = None
     modes = [v for v in variants if v != "fp32"]
-    ranged = RangeSetting(qcfg.ranges, qcfg.range_percentile) if qcfg.ranges != "minmax" else None
+    learned = _learned_ranges(ctx)
+    ranged = (RangeSetting(qcfg.ranges, qcfg.range_percentile, float_ops=qcfg.float_ops, given=learned)
+              if qcfg.ranges != "minmax" or qcfg.float_ops or learned is not None else None)
     int8_hook: ExtraBuild | None = ranged if "int8" in modes else None
     if int8_hook is not None and qcfg.selective is None:
         modes.remove("int8")
@@ -102,7 +113,8 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
                                                                                      data.target, threads)
 
         selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop,
-                                       probe=qcfg.selective.probe, prepare=ranged.prepare if ranged else None)
+                                       probe=qcfg.selective.probe, prepare=ranged.prepare if ranged else None,
+                                       float_ops=qcfg.float_ops)
         int8_hook = selective
         modes.remove("int8")
     int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})

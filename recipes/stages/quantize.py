@@ -68,9 +68,9 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Qua
     frames = calibration_frames(ctx, cfg.calibration_frames, cfg.calibration_selection)
     calibration = folder / "calibration.npy"
     np.save(calibration, frames)
-    model_dir, qat_metrics = ctx.model_dir(), dict[str, float]()
+    model_dir, qat_metrics, learned = ctx.model_dir(), dict[str, float](), None
     if cfg.qat is not None:
-        model, spec, model_dir, qat_metrics = _qat(ctx, folder, model, spec, frames)
+        model, spec, model_dir, qat_metrics, learned = _qat(ctx, folder, model, spec, frames)
     ranges = activation_ranges(model, frames)
     ranges_path = folder / "activation_ranges.json"
     ranges_path.write_text(json.dumps(ranges, indent=2))
@@ -91,12 +91,13 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Qua
                             "quant_calibration_selection": cfg.calibration_selection,
                             "quant_qat": cfg.qat is not None})
     ctx.tracker.log_metrics(metrics)
-    return metrics, QuantizeResult(model=model_dir, calibration=calibration, activation_ranges=ranges_path)
+    return metrics, QuantizeResult(model=model_dir, calibration=calibration, activation_ranges=ranges_path,
+                                   learned_ranges=learned)
 
 
 def _qat(ctx: RunContext, folder: Path, model: nn.Module, spec: ModelSpec, frames: np.ndarray,
-         ) -> tuple[nn.Module, ModelSpec, Path, dict[str, float]]:
-    """``qat_finetune`` on the folded student; saves the fine-tuned float model in the stage."""
+         ) -> tuple[nn.Module, ModelSpec, Path, dict[str, float], Path | None]:
+    """``qat_finetune`` on the folded student; saves the fine-tuned float model (and its learned ranges)."""
     from compress.quantization.qat import qat_finetune  # torchao: loaded only when the recipe asks for QAT
 
     qat = ctx.recipe.quantize.qat
@@ -107,10 +108,17 @@ def _qat(ctx: RunContext, folder: Path, model: nn.Module, spec: ModelSpec, frame
     before = quality(ctx, model)["psnr"]
     result = qat_finetune(model, ctx.data.train_set, qat.train, calibration=torch.from_numpy(frames),
                           kd_weight=qat.kd_weight, freeze_fraction=qat.freeze_fraction, seed=ctx.recipe.seed + 5,
-                          log=train_log(ctx), **resumable(ctx, folder, "checkpoint-qat"))
+                          log=train_log(ctx), learn_ranges=qat.learn_ranges,
+                          **resumable(ctx, folder, "checkpoint-qat"))
     model_dir = save_model(result.model, spec, folder / "model")
     ctx.tracker.log_artifact(model_dir, artifact_path="checkpoint")
     metrics = {"qat_psnr_before": before, "qat_final_loss": result.final_loss,
                "qat_fake_quant_psnr_start": float(result.fake_quant_psnr_start or 0.0),
                "qat_fake_quant_psnr_end": float(result.fake_quant_psnr_end or 0.0)}
-    return result.model, spec, model_dir, metrics
+    learned = None
+    if result.learned_ranges:
+        learned = folder / "learned_ranges.json"
+        learned.write_text(json.dumps([r.to_json() for r in result.learned_ranges], indent=2))
+        ctx.tracker.log_artifact(learned)
+        metrics["qat_learned_ranges"] = float(len(result.learned_ranges))
+    return result.model, spec, model_dir, metrics, learned

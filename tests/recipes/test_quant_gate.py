@@ -69,6 +69,9 @@ def test_qat_model_is_what_the_export_converts(gated_run: dict) -> None:
     assert q["qat_final_loss"] > 0 and 20 < q["qat_fake_quant_psnr_end"] < 100
     assert q["psnr"] != q["qat_psnr_before"]
     assert m["psnr_pytorch"] == pytest.approx(q["psnr"], abs=1e-6)  # export scored the QAT model
+    learned = json.loads(outcomes["quantize"].result.learned_ranges.read_text())  # learn_ranges is on by default
+    assert q["qat_learned_ranges"] == len(learned) >= 3
+    assert all(r["lo"] <= 0 <= r["hi"] and r["channels"] > 0 for r in learned)
 
 
 @pytest.mark.slow

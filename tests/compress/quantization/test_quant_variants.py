@@ -230,7 +230,7 @@ def test_int8_leaky_relu_scale_makes_xnnpack_multipliers_exact(leaky_int8: Path)
     assert abs(ratio - round(ratio)) < 1e-3 and round(ratio) % 5 == 0
 
     # with exact multipliers XNNPACK and the builtin kernels agree on the positive branch (the builtin
-    # kernels floor the negative one); the LW-ISP-scale effect is measured in benchmarks/quant.py
+    # kernels floor the negative one); the LW-ISP-scale effect is measured in benchmarks/quant_runtimes.py
     x = np.random.default_rng(5).uniform(-1, 1, (4, 4, 16, 16)).astype(np.float32)
     xnnpack = run_tflite(leaky_int8, x)
     builtin = run_tflite(leaky_int8, x, builtin=True)
