@@ -19,6 +19,8 @@ Per student (its default configuration), in one process:
      ``compress.quantization.weight_rounding`` applied to the folded model before export;
    - ``mse + selective``: ``compress.quantization.selective`` on top of ``mse`` (budget 0.1 dB, at most 8
      float layers), searched on the centres of the training photos and scored on the held-out ones;
+   - ``AEQ min/max``: Google's AI Edge Quantizer on the fp32 ``.tflite`` (``compress.quantization.aeq``); the
+     ops it cannot quantize (PReLU, depth to space, ...) stay float, counted in ``float_ops``;
 3. score every model on XNNPACK (what apps run) and on TFLite's builtin kernels (closer to NPU integer
    paths): ``psnr_drop_db`` against the fp32 TFLite model of the original weights, ``parity_db`` = PSNR of
    the INT8 output against that fp32 output;
@@ -32,9 +34,7 @@ Writes ``benchmarks/results/quant.json`` (``rows``: ``model``, ``runtime``, ``me
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,96 +44,28 @@ import numpy as np
 import torch
 
 from benchmarks.distill_gain import held_out_pairs
+from benchmarks.quant_common import RUNTIMES, Builds, Photos, int8_source, trained
+from benchmarks.quant_qat import qat_rows
 from benchmarks.report import cli, measured_on, paragraph, publish, setup, stamp, table
-from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
-from compress.export.onnx_export import export_onnx
-from compress.export.tflite import ConverterFactory, convert_onnx_to_tflite
+from compress.export.tflite import convert_onnx_to_tflite
 from compress.export.tflite_inspect import tflite_ops
-from compress.fold import fold_model
+from compress.quantization.aeq import aeq_int8, float_ops
 from compress.quantization.calibration import calibration_crops
 from compress.quantization.ranges import RangeSetting
 from compress.quantization.selective import SelectivePrecision
 from compress.quantization.weight_rounding import adaround, bias_correct
-from compress.runtime.parity import run_tflite
-from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
-from distill.metrics import centre_crop_pair, psnr, psnr_db
-from distill.trainer import TrainSpec, train
-from students import create_student, list_students
+from distill.metrics import centre_crop_pair, psnr_db
+from students import list_students
 
-LR = 1e-3
-TRAIN: dict[str, Any] = {"lr": LR, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}
-PATCH = 64
 CALIBRATION_FRAMES = 16
 NORM_STATS_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")
 SELECTIVE_BUDGET_DB = 0.1
 SELECTIVE_MAX_LAYERS = 8
 QAT_THRESHOLD_DB = 0.2
 TARGET_DB = {"xnnpack": 0.1, "builtin": 0.2}  # issue 21's bar for the best method per student
-RUNTIMES = ("xnnpack", "builtin")
 RESULT = Path(__file__).resolve().parent / "results" / "quant.json"
 EXAMPLE_PLUGIN = "acme_tiny"  # examples/plugin's model: not part of the zoo
-
-
-class Photos:
-    """Packed RAW + target batches (one packed size) and the PSNR of any runtime's output on them."""
-
-    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.raw = torch.stack([raw for raw, _ in pairs]).numpy()
-        self.rgb = torch.stack([rgb for _, rgb in pairs])
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """One frame's NCHW shape (the exported models' input)."""
-        _, c, h, w = self.raw.shape
-        return (1, int(c), int(h), int(w))
-
-    def psnr(self, out: np.ndarray) -> float:
-        return psnr(torch.from_numpy(np.asarray(out, np.float32)).clamp(0, 1), self.rgb)
-
-    def run(self, path: Path, runtime: str) -> np.ndarray:
-        return run_tflite(path, self.raw, builtin=runtime == "builtin")
-
-
-def trained(name: str, steps: int, reuse: Path | None, seed: int = 0) -> torch.nn.Module:
-    """The student trained ``steps`` steps (or loaded from ``reuse``, same name/steps/recipe), folded, eval."""
-    key = json.dumps([name, steps, seed, PATCH, TRAIN], sort_keys=True)
-    path = reuse / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt" if reuse is not None else None
-    torch.manual_seed(seed)
-    model = create_student(name)
-    if path is not None and path.exists():
-        model.load_state_dict(torch.load(path))
-    else:
-        data = PairedPatchDataset(load_embedded("train", seed=0), patch_size=PATCH, patches_per_image=32, seed=seed)
-        train(model, data, TrainSpec(steps=steps, **TRAIN, log_every=10_000), seed=seed, desc=f"{name} float")
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), path)
-    folded, _ = fold_model(model.eval())
-    return folded.eval()
-
-
-def int8_source(model: torch.nn.Module, shape: tuple[int, int, int, int], work: Path) -> Path:
-    """ONNX at ``shape`` with the export stage's XNNPACK INT8 rewrites (exact in float)."""
-    path = export_onnx(model, work / "model.onnx", shape)
-    rewrite_for_xnnpack_int8(path)
-    return path
-
-
-class Builds:
-    """``extra`` hook: one INT8 model per (label, RangeSetting / SelectivePrecision) inside one conversion."""
-
-    def __init__(self, hooks: dict[str, Any]) -> None:
-        self.hooks = hooks
-
-    def __call__(self, factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
-        out = {}
-        for label, hook in self.hooks.items():
-            produced = hook(factory, built, work)
-            path = work / f"{label}.tflite"
-            shutil.move(produced[hook.key], path)
-            out[label] = path
-        return out
 
 
 def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos, crops: Photos,
@@ -171,6 +103,11 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
         files[label] = built[label]
         timings[f"{label}_s"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    files["AEQ min/max"] = aeq_int8(files["fp32"], frames.transpose(0, 2, 3, 1), work / "aeq" / "int8.tflite")
+    timings["aeq_s"] = time.perf_counter() - start
+    aeq_float_ops = float_ops(files["AEQ min/max"])
+
     reference = {rt: held.run(files["fp32"], rt) for rt in RUNTIMES}
     fp32_psnr = {rt: held.psnr(out) for rt, out in reference.items()}
     rows = []
@@ -183,6 +120,8 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
                    "psnr_drop_db": fp32_psnr[rt] - held.psnr(out), "parity_db": psnr_db(out, reference[rt])}
             if method == "mse + selective" and selective.result is not None:
                 row["float_layers"] = len(selective.result.float_layers)
+            if method == "AEQ min/max":
+                row["float_ops"] = aeq_float_ops
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {"model": name, "steps": steps, "fp32_psnr_db": fp32_psnr["xnnpack"], "timings_s": timings,
@@ -199,7 +138,8 @@ def best_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [r for r in rows if r["model"] == model and r["runtime"] == rt and not r["method"].startswith("QAT")
                     and not r["method"].startswith("control")]
             minmax = next(r for r in mine if r["method"] == "minmax")
-            all_int8 = [r for r in mine if "selective" not in r["method"] and "float" not in r["method"]]
+            all_int8 = [r for r in mine if "selective" not in r["method"] and "float" not in r["method"]
+                        and not r.get("float_ops")]
             best_int8 = min(all_int8, key=lambda r: r["psnr_drop_db"])
             best = min(mine, key=lambda r: r["psnr_drop_db"])
             out.append({"model": model, "runtime": rt, "minmax_drop_db": minmax["psnr_drop_db"],
@@ -279,8 +219,6 @@ def main() -> None:
             summaries.append(summary)
             worst = max(r["psnr_drop_db"] for r in student_rows if r["method"] == "minmax")
             if not args.skip_qat and worst >= QAT_THRESHOLD_DB:
-                from benchmarks.quant_qat import qat_rows
-
                 qat += qat_rows(name, args.steps, args.reuse, Path(tmp) / f"{name}_qat", held, frames,
                                 args.qat_seeds, copy.deepcopy(student_rows))
     wall = time.perf_counter() - started

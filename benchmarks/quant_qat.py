@@ -1,6 +1,6 @@
 """QAT with learned ranges against the same fine-tune without fake quantization, for ``benchmarks.quant``.
 
-For one student (already trained and folded by ``benchmarks.quant.trained``) and each seed:
+For one student (trained and folded by ``benchmarks.quant_common.trained``) and each seed:
 
 - **QAT**: ``compress.quantization.qat.qat_finetune(learn_ranges=True)``, a quarter of the training steps at a
   tenth of the learning rate with output KD (0.5) from the float model; exported with its learned ranges
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.quant import LR, PATCH, RUNTIMES, TRAIN, Builds, Photos, int8_source, trained
+from benchmarks.quant_common import LR, PATCH, RUNTIMES, TRAIN, Builds, Photos, int8_source, trained
 from compress.export.tflite import convert_onnx_to_tflite
 from compress.quantization.learned_ranges import LearnedRangeMatcher
 from compress.quantization.qat import qat_finetune

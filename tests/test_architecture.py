@@ -29,6 +29,7 @@ HEAVY_OPTIONAL = {
     "neural_compressor": "INC, optional x86 quantizer",
     "playwright": "the UI screenshot only",
     "ai_edge_litert": "the TFLite runtime: only paths that run a .tflite",
+    "ai_edge_quantizer": "AI Edge Quantizer, only the benchmarked AEQ path (compress.quantization.aeq)",
     "mlflow": "~1.5 s at import; the CLI's offline commands never need it",
     "matplotlib": "plots only",
     "plotly": "plots only",

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from compress.quantization.selective import quantize_with_float_layers
+
 RangeMethod = Literal["minmax", "percentile", "mse"]
 RANGE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
 FIXED_RANGE_OPS = {"LOGISTIC", "TANH", "SOFTMAX"}
@@ -209,8 +211,6 @@ class RangeSetting:
         return write_ranges(calibrated, self.ranges)
 
     def __call__(self, factory: Any, built: dict[str, Any], work: Any) -> dict[str, Any]:
-        from compress.quantization.selective import quantize_with_float_layers
-
         path = work / f"{self.key}.tflite"
         calibrated = self.prepare(factory, calibrate(factory))
         path.write_bytes(quantize_with_float_layers(factory, calibrated, [], self.float_ops))
