@@ -10,23 +10,29 @@ Composable in one student stage, each with its weight:
 * **heterogeneous clean-image KD** (LW-ISP, Sec. 3.3-3.5) is feature KD whose teacher sees the clean
   target J (``teacher_input="target"``) while the student sees RAW;
 * **level-wise soft labels** (AA-UNet, team CASIA) is feature KD over every U-Net level, paired by name,
-  with L1.
+  with L1;
+* **unpaired RAW** (``unpaired_weight``): each step a batch of RAW that has no target
+  (``distill.data.unpaired.UnpairedRaw``) goes through the teacher and the student, and
+  ``unpaired_weight * L1(student, teacher)`` joins the loss (logged as ``kd_unpaired``).
 
 The teacher is frozen and runs without gradients, optionally through a :class:`TeacherCache`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from distill import distributed
 from distill.adapters import FeaturePair, auto_pairs, build_adapters
 from distill.losses import get_loss
 from distill.taps import FeatureTaps, tap_paths
 
 if TYPE_CHECKING:
+    from distill.data.unpaired import UnpairedRaw
     from distill.teacher_cache import TeacherCache
 
 OUTPUT_KEY = "__output__"  # the teacher's final image in its outputs dict (not a module path)
@@ -52,9 +58,15 @@ class Distiller:
         auto_last: int | None = None,
         teacher_input: TeacherInput = "raw",
         cache: TeacherCache | None = None,
+        unpaired: UnpairedRaw | None = None,
+        unpaired_weight: float = 0.0,
+        unpaired_batch: int = 8,
     ) -> None:
         if teacher_input not in ("raw", "target"):
             raise ValueError(f"teacher_input must be 'raw' or 'target'; got {teacher_input!r}")
+        if unpaired is not None and unpaired_weight > 0 and teacher_input != "raw":
+            raise ValueError("unpaired RAW needs a RAW teacher; a clean-image teacher (teacher_input='target') "
+                             "cannot label RAW that has no target")
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -63,6 +75,8 @@ class Distiller:
         self.feature_weight, self.feature_loss, self.auto_last = float(feature_weight), feature_loss, auto_last
         self.teacher_input: TeacherInput = teacher_input
         self.cache = cache
+        self.unpaired = unpaired if unpaired_weight > 0 else None
+        self.unpaired_weight, self.unpaired_batch = float(unpaired_weight), int(unpaired_batch)
         self.adapters = nn.ModuleDict()
         self.student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
@@ -151,3 +165,19 @@ class Distiller:
             parts["kd_features"] = float(features.detach())
             total = total + self.feature_weight * features
         return total, parts
+
+    def unpaired_loss(self, student: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
+                      step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """``unpaired_weight * L1(student(raw), teacher(raw))`` on unpaired batch ``step`` (zero and no
+        batch drawn without an unpaired source); ``like`` gives the device and memory format."""
+        if self.unpaired is None:
+            return like.new_zeros(()), {}
+        batch = self.unpaired.batch(step, self.unpaired_batch, rank=distributed.info().rank)
+        raw = torch.from_numpy(batch).to(like.device)
+        if like.ndim == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+            raw = raw.contiguous(memory_format=torch.channels_last)  # as the paired batches (channels_last)
+        with torch.no_grad():
+            self.teacher.eval()
+            label = self.teacher(raw)
+        term = F.l1_loss(student(raw).float(), label.float())
+        return self.unpaired_weight * term, {"kd_unpaired": float(term.detach())}

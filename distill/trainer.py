@@ -146,7 +146,7 @@ class _TrainStep(nn.Module):
         self.__dict__["_kd"], self.__dict__["_task"], self.__dict__["_criterion"] = kd, task, criterion
         self.__dict__["_autocast"], self.__dict__["_compiled"] = autocast, compiled
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         kd, task = self._kd, self._task
         taps = kd.student_taps if kd and kd.student_taps else nullcontext()
         with self._autocast():
@@ -156,11 +156,16 @@ class _TrainStep(nn.Module):
                 else:
                     pred = task.train_forward(self.model, x)
             kd_out = kd.loss(pred, x, target) if kd else None
+            # the unpaired RAW runs outside the taps: its features are no pair's
+            unpaired = kd.unpaired_loss(self.model, x, step) if kd and kd.unpaired is not None else None
         loss, parts = self._criterion(_to_float(pred), target)
         if kd_out is not None:
             kd_loss, kd_parts = kd_out
             parts.update(kd_parts)
             loss = loss + kd_loss.float()
+        if unpaired is not None:
+            parts.update(unpaired[1])
+            loss = loss + unpaired[0]
         return loss, parts
 
 
@@ -201,7 +206,8 @@ def train(
     ``criterion`` replaces the recipe's weighted loss for models with their own objective (AA-UNet's
     multi-level loss receives the model's raw input and the target instead of one prediction).
     ``kd`` adds its distillation terms; its adapters are prepared on the first batch and trained with
-    the model, and are not part of it.
+    the model, and are not part of it.  With an unpaired RAW source, step ``s`` also trains on unpaired
+    batch ``s`` (a pure function of the step, so resuming draws the same RAW).
 
     ``checkpoint_path``: a checkpoint is written there every ``spec.checkpoint_every`` steps and at the
     end (with ``checkpoint_extra``, e.g. the MLflow run id); if one exists, training resumes from it
@@ -266,6 +272,8 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the model has no trainable parameters (all frozen, e.g. it served as a KD teacher)")
+    if kd and kd.unpaired is not None and (task.level or task.clean_image or task.multilevel):
+        raise ValueError(f"{desc}: unpaired RAW distillation needs a plain RAW -> full-resolution RGB task")
     if kd:
         kd.prepare(model, *task.inputs_targets(*first))
         kd.adapters.to(device=device, memory_format=memory)  # type: ignore[call-overload]  # as above
@@ -320,7 +328,7 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
         if on_step is not None:
             on_step(step)
         x, target = task.inputs_targets(*(first if use_probe and step == 0 else to_device(next(batches))))
-        loss, parts = step_module(x, target)
+        loss, parts = step_module(x, target, step)
         if not torch.isfinite(loss):
             raise FloatingPointError(nonfinite_message(desc, float(loss.detach()), step, parts))
         optimiser.zero_grad(set_to_none=True)
