@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distill.data.embedded import EVAL_PHOTOS, RawRgbPair, make_pair
+from distill.data.embedded import EVAL_PHOTOS, SENSOR_STREAM, RawRgbPair, make_pair
 from distill.data.errors import DataError
 from distill.data.scenes import HELD_OUT_SCENES
 from distill.data.unprocess import CameraModel
@@ -68,3 +68,8 @@ class UnpairedRaw:
         """Batch ``index`` of ``size`` patches ``(size, 4, p, p)``: the same arrays for the same arguments."""
         rng = np.random.default_rng([self.seed, UNPAIRED_STREAM, index, rank])
         return np.stack([self.patch(rng) for _ in range(size)])
+
+
+def embedded_sensor(seed: int) -> CameraModel:
+    """The sensor (colour matrix) ``load_embedded(..., seed=seed)`` renders every photo with: the one phone."""
+    return CameraModel.sample(np.random.default_rng([seed, SENSOR_STREAM]))

@@ -193,10 +193,19 @@ class DistillSpec(Strict):
         "auto", description="what the teacher sees: the student's RAW, or the clean target J (heterogeneous "
                             "KD); auto: target for a clean-image teacher, else raw")
     cache: bool = Field(False, description="cache the teacher's outputs on disk by content (teacher_cache/)")
+    unpaired_raw: float = Field(
+        0.0, ge=0, description="weight of the unpaired-RAW term (0 = off): each step a batch of RAW without a "
+        "target goes through the teacher and the student, L1 between them (logged kd_unpaired). The RAW is the "
+        "training images' sRGB unprocessed again with new white balance, exposure and noise (embedded data: the "
+        "same sensor; other data: a new camera per patch) -- extra RAW of the training scenes, not new scenes; "
+        "needs a RAW teacher")
+    unpaired_batch: int | None = Field(None, ge=1, description="unpaired RAW patches (data.patch_size each) per "
+                                       "step; default: train.batch_size")
 
     @property
     def active(self) -> bool:
-        return self.output_kd > 0 or (self.features is not None and self.features.weight > 0)
+        return (self.output_kd > 0 or (self.features is not None and self.features.weight > 0)
+                or self.unpaired_raw > 0)
 
 
 class StudentStage(ModelBlock):

@@ -65,7 +65,13 @@ class Recipe(Strict):
         if self.teacher is None:
             if distill.features is not None:
                 raise KeyPathError("student.distill.features", "feature distillation needs a teacher block")
+            if distill.unpaired_raw > 0:
+                raise KeyPathError("student.distill.unpaired_raw", "unpaired RAW distillation needs a teacher "
+                                   "block: the teacher labels the RAW that has no target (or set it to 0)")
             return self
+        if self.teacher.clean_image and distill.unpaired_raw > 0:
+            raise KeyPathError("student.distill.unpaired_raw", "needs a RAW teacher: a clean-image teacher sees "
+                               "the target J, which unpaired RAW does not have")
         if self.teacher.clean_image and distill.output_kd > 0:
             raise KeyPathError("student.distill.output_kd",
                                "needs a RAW teacher: a clean-image teacher sees the target J, not RAW, so set "

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from compress.checkpoint import ModelSpec, build_model, load_model
 from distill.adapters import AdapterError, FeaturePair
+from distill.data.unpaired import UnpairedRaw, embedded_sensor
 from distill.distiller import Distiller
 from distill.taps import TapError
 from distill.teacher_cache import TeacherCache
@@ -30,10 +31,18 @@ def make_distiller(ctx: RunContext) -> Distiller | None:
     if cfg.cache:
         tags = (teacher_input, "output" if cfg.output_kd > 0 else "", *sorted(p.teacher for p in pairs or ()))
         cache = TeacherCache(ctx.workdir / "teacher_cache", teacher, tags=tags)
+    unpaired = None
+    if cfg.unpaired_raw > 0:
+        data = ctx.recipe.data
+        sensor = embedded_sensor(ctx.recipe.seed) if data.kind == "embedded" else None
+        unpaired = UnpairedRaw(ctx.data.train_pairs, data.patch_size, seed=ctx.recipe.seed, pattern=data.pattern,
+                               sensor=sensor)
     return Distiller(teacher, output_weight=cfg.output_kd, output_loss=cfg.loss, pairs=pairs,
                      feature_weight=features.weight if features else 0.0,
                      feature_loss=features.loss if features else "mse",
-                     auto_last=features.last if features else None, teacher_input=teacher_input, cache=cache)
+                     auto_last=features.last if features else None, teacher_input=teacher_input, cache=cache,
+                     unpaired=unpaired, unpaired_weight=cfg.unpaired_raw,
+                     unpaired_batch=cfg.unpaired_batch or ctx.recipe.student.train.batch_size)
 
 
 def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], ModelResult]:

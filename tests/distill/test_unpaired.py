@@ -86,3 +86,13 @@ def test_off_is_bit_identical_and_on_logs_kd_unpaired(source: UnpairedRaw) -> No
 def test_a_clean_image_teacher_cannot_label_unpaired_raw(source: UnpairedRaw) -> None:
     with pytest.raises(ValueError, match="needs a RAW teacher"):
         Distiller(_net(2), unpaired=source, unpaired_weight=1.0, teacher_input="target")
+
+
+def test_embedded_sensor_is_the_one_load_embedded_renders_with() -> None:
+    from distill.data.embedded import _photo, make_pair
+    from distill.data.unpaired import embedded_sensor
+
+    pair = load_embedded("train", seed=2, max_side=64)[0]
+    srgb = _photo(pair.name, 64, 2).astype(np.float32) / 255.0
+    again = make_pair(srgb, pair.name, np.random.default_rng([2, 0]), sensor=embedded_sensor(2))
+    assert np.array_equal(pair.raw, again.raw)

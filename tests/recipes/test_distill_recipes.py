@@ -81,3 +81,25 @@ def test_smallnet_from_pynet_reuses_cached_teacher_outputs(tmp_path: Path) -> No
     misses, hits = run.metrics["teacher_cache_misses"], run.metrics["teacher_cache_hits"]
     assert misses + hits == 8 * 2 and 0 < misses < 16 and hits > 0  # one fixed crop set: later epochs hit
     assert any((tmp_path / "teacher_cache").rglob("*.pt"))
+
+
+@pytest.mark.parametrize(("recipe", "edit", "message"), [
+    ("quickstart", lambda d: d.pop("teacher"), "unpaired RAW distillation needs a teacher block"),
+    ("lwisp_hetero_kd", lambda d: None, "needs a RAW teacher: a clean-image teacher"),
+])
+def test_unpaired_raw_without_a_raw_teacher_names_its_key(tmp_path: Path, recipe: str, edit, message: str) -> None:  # noqa: ANN001
+    def both(d: dict) -> None:
+        edit(d)
+        d["student"]["distill"]["unpaired_raw"] = 0.5
+
+    with pytest.raises(RecipeError, match=rf"edited.yaml: student.distill.unpaired_raw: {message}"):
+        load_recipe(_write(tmp_path, recipe, both))
+
+
+def test_unpaired_raw_is_labelled_by_the_teacher_and_logged(tmp_path: Path) -> None:
+    _, run = _student_metrics(
+        tmp_path, "quickstart", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+        "student.train.steps=3", "student.train.batch_size=2", "student.distill.unpaired_raw=0.5",
+        "student.distill.unpaired_batch=3")
+    assert {"train_kd_unpaired", "train_kd_output", "train_l1"} <= set(run.metrics)
+    assert run.metrics["train_kd_unpaired"] > 0
