@@ -18,9 +18,11 @@ Per student (its default configuration), in one process:
    - ``mse + bias correction`` / ``mse + AdaRound``: the weight-side methods of
      ``compress.quantization.weight_rounding`` applied to the folded model before export;
    - ``mse + selective``: ``compress.quantization.selective`` on top of ``mse`` (budget 0.1 dB, at most 8
-     float layers), searched on the centres of the training photos and scored on the held-out ones;
+     float layers, the 24 lowest-SQNR layers tried), searched on the centres of the training photos and
+     scored on the held-out ones;
    - ``AEQ min/max``: Google's AI Edge Quantizer on the fp32 ``.tflite`` (``compress.quantization.aeq``); the
-     ops it cannot quantize (PReLU, depth to space, ...) stay float, counted in ``float_ops``;
+     ops it cannot quantize (PReLU, depth to space, ...) stay float, counted in ``float_ops``; for models with
+     instance norm also with 16-bit activations on its statistics ops (selective int16x8 per op type);
 3. score every model on XNNPACK (what apps run) and on TFLite's builtin kernels (closer to NPU integer
    paths): ``psnr_drop_db`` against the fp32 TFLite model of the original weights, ``parity_db`` = PSNR of
    the INT8 output against that fp32 output;
@@ -33,6 +35,7 @@ Writes ``benchmarks/results/quant.json`` (``rows``: ``model``, ``runtime``, ``me
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import tempfile
@@ -62,6 +65,7 @@ CALIBRATION_FRAMES = 16
 NORM_STATS_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")
 SELECTIVE_BUDGET_DB = 0.1
 SELECTIVE_MAX_LAYERS = 8
+SELECTIVE_CANDIDATES = 24  # layers measured alone (lowest SQNR first): keeps PyNET-V2's ~300 ops affordable
 QAT_THRESHOLD_DB = 0.2
 TARGET_DB = {"xnnpack": 0.1, "builtin": 0.2}  # issue 21's bar for the best method per student
 RESULT = Path(__file__).resolve().parent / "results" / "quant.json"
@@ -82,7 +86,7 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
         return crops.psnr(crops.run(fp32, "xnnpack")) - crops.psnr(crops.run(candidate, "xnnpack"))
 
     selective = SelectivePrecision(SELECTIVE_BUDGET_DB, SELECTIVE_MAX_LAYERS, selective_drop, key="int8_selective",
-                                   prepare=RangeSetting("mse").prepare)
+                                   prepare=RangeSetting("mse").prepare, max_candidates=SELECTIVE_CANDIDATES)
     hooks: dict[str, Any] = {m: RangeSetting(m, key=f"int8_{m}") for m in ("percentile", "mse")}
     hooks["mse + float norm stats"] = RangeSetting("mse", key="int8_norm", float_ops=NORM_STATS_OPS)
     hooks["mse + selective"] = selective
@@ -104,9 +108,13 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
         timings[f"{label}_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    files["AEQ min/max"] = aeq_int8(files["fp32"], frames.transpose(0, 2, 3, 1), work / "aeq" / "int8.tflite")
+    nhwc = frames.transpose(0, 2, 3, 1)
+    files["AEQ min/max"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int8.tflite")
+    if set(NORM_STATS_OPS) & set(tflite_ops(files["fp32"])):  # 16-bit activations where instance norm needs them
+        files["AEQ min/max + int16 norm stats"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int16_norm.tflite",
+                                                            int16_ops=NORM_STATS_OPS)
     timings["aeq_s"] = time.perf_counter() - start
-    aeq_float_ops = float_ops(files["AEQ min/max"])
+    aeq_float_ops = {m: float_ops(p) for m, p in files.items() if m.startswith("AEQ")}
 
     reference = {rt: held.run(files["fp32"], rt) for rt in RUNTIMES}
     fp32_psnr = {rt: held.psnr(out) for rt, out in reference.items()}
@@ -120,8 +128,8 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
                    "psnr_drop_db": fp32_psnr[rt] - held.psnr(out), "parity_db": psnr_db(out, reference[rt])}
             if method == "mse + selective" and selective.result is not None:
                 row["float_layers"] = len(selective.result.float_layers)
-            if method == "AEQ min/max":
-                row["float_ops"] = aeq_float_ops
+            if method in aeq_float_ops:
+                row["float_ops"] = aeq_float_ops[method]
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {"model": name, "steps": steps, "fp32_psnr_db": fp32_psnr["xnnpack"], "timings_s": timings,
@@ -192,6 +200,25 @@ def zoo() -> list[str]:
     return [s for s in list_students() if s != EXAMPLE_PLUGIN]
 
 
+def qat_only(args: argparse.Namespace) -> None:
+    """Add (replace) the QAT comparison of ``args.students`` in quant.json, from the PTQ rows already there."""
+    started = time.perf_counter()
+    result = json.loads(RESULT.read_text())
+    held = Photos(held_out_pairs(load_embedded("eval", seed=0)))
+    train_pairs = load_embedded("train", seed=0)
+    frames = calibration_crops([p.raw for p in train_pairs], CALIBRATION_FRAMES, tuple(held.raw.shape[2:]), "random",
+                               seed=0)
+    qat = [q for q in result.get("qat", []) if q["model"] not in args.students]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.students:
+            ptq = [r for r in result["rows"] if r["model"] == name]
+            if not ptq:
+                raise SystemExit(f"quant.json has no PTQ rows for {name}: run it without --qat-only first")
+            qat += qat_rows(name, result["steps"], args.reuse, Path(tmp) / name, held, frames, args.qat_seeds, ptq)
+    result.update(qat=qat, wall_s=result["wall_s"] + time.perf_counter() - started)
+    publish_result(result)
+
+
 def main() -> None:
     parser = cli(__doc__)
     parser.add_argument("--students", nargs="+", default=None, help="default: every registered student")
@@ -201,7 +228,11 @@ def main() -> None:
     parser.add_argument("--skip-qat", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other students' rows of benchmarks/results/quant.json (replace these ones)")
+    parser.add_argument("--qat-only", action="store_true",
+                        help="run only the QAT comparison for --students, on their PTQ rows in quant.json")
     args = parser.parse_args()
+    if args.qat_only:
+        return qat_only(args)
     setup()
     started = time.perf_counter()
     train_pairs = load_embedded("train", seed=0)

@@ -169,11 +169,12 @@ PrepareFn = Callable[[ConverterFactory, bytes], bytes]
 
 def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Path, max_drop_db: float,
            max_float_layers: int, probe: int = 8, prepare: PrepareFn | None = None,
-           float_ops: Sequence[str] = ()) -> SelectiveResult:
+           float_ops: Sequence[str] = (), max_candidates: int | None = None) -> SelectiveResult:
     """Measured greedy search (module docstring); the best model is written to ``work/int8_selective.tflite``.
 
     ``prepare`` sets the activation ranges every candidate is quantized from (default: min/max as calibrated);
-    ``float_ops`` are op types every candidate keeps in float (``quantize_with_float_layers``).
+    ``float_ops`` are op types every candidate keeps in float (``quantize_with_float_layers``);
+    ``max_candidates`` limits the layers measured alone to the ones with the lowest SQNR.
 
     ``reached`` is False when ``max_float_layers`` layers (or every candidate) are float and the drop
     is still over ``max_drop_db``: the caller decides whether that fails.
@@ -204,7 +205,7 @@ def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Pa
     steps: list[dict[str, Any]] = [{"float_layers": 0, "added": None, "drop_db": int8_drop, "tried": 1}]
     best: tuple[float, list[str], bytes] = (int8_drop, [], all_int8)
     if int8_drop > max_drop_db and max_float_layers > 0:
-        ranked = _rank_by_measured_drop(layers, build, measure, all_int8)
+        ranked = _rank_by_measured_drop(layers, build, measure, all_int8, max_candidates)
         steps[0]["tried"] += len(ranked)
         chosen: list[str] = []
         drop = int8_drop
@@ -236,12 +237,16 @@ def search(factory: ConverterFactory, fp32_path: Path, drop_db: DropFn, work: Pa
 
 
 def _rank_by_measured_drop(layers: list[LayerError], build: Callable[[list[str]], bytes | None],
-                           measure: Callable[[bytes], float], all_int8: bytes) -> list[LayerError]:
-    """Every non-exact layer kept alone in float and measured (``float_drop_db`` is set), lowest drop first."""
+                           measure: Callable[[bytes], float], all_int8: bytes,
+                           max_candidates: int | None = None) -> list[LayerError]:
+    """Every non-exact layer kept alone in float and measured (``float_drop_db`` is set), lowest drop first;
+    with ``max_candidates`` only that many, lowest SQNR first (a big net has hundreds of layers, and
+    each measurement is a re-quantization and an evaluation)."""
+    candidates = [layer for layer in layers if layer.sqnr_db < EXACT_SQNR_DB]
+    if max_candidates is not None:
+        candidates = sorted(candidates, key=lambda layer: layer.sqnr_db)[:max_candidates]
     measured = []
-    for layer in layers:
-        if layer.sqnr_db >= EXACT_SQNR_DB:
-            continue
+    for layer in candidates:
         flatbuffer = build([layer.name])
         if flatbuffer is None or flatbuffer == all_int8:  # the quantizer cannot keep this layer in float
             continue
@@ -257,18 +262,20 @@ class SelectivePrecision:
     """
 
     def __init__(self, max_drop_db: float, max_float_layers: int, drop_db: DropFn, key: str = "int8",
-                 probe: int = 8, prepare: PrepareFn | None = None, float_ops: Sequence[str] = ()) -> None:
+                 probe: int = 8, prepare: PrepareFn | None = None, float_ops: Sequence[str] = (),
+                 max_candidates: int | None = None) -> None:
         if max_float_layers < 0:
             raise ValueError(f"max_float_layers must be >= 0; got {max_float_layers}")
         if probe < 1:
             raise ValueError(f"probe must be >= 1; got {probe}")
         self.max_drop_db, self.max_float_layers, self.drop_db, self.key = max_drop_db, max_float_layers, drop_db, key
         self.probe, self.prepare, self.float_ops = probe, prepare, tuple(float_ops)
+        self.max_candidates = max_candidates
         self.result: SelectiveResult | None = None
 
     def __call__(self, factory: ConverterFactory, built: dict[str, Path], work: Path) -> dict[str, Path]:
         self.result = search(factory, built["fp32"], self.drop_db, work, self.max_drop_db, self.max_float_layers,
-                             self.probe, self.prepare, self.float_ops)
+                             self.probe, self.prepare, self.float_ops, self.max_candidates)
         assert self.result.path is not None
         return {self.key: self.result.path}
 
