@@ -5,6 +5,7 @@ functions write the parts an app team needs to feed the model and to know what p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -81,13 +82,32 @@ def input_size_section(model: nn.Module, input_hw: tuple[int, int]) -> dict[str,
     return section
 
 
-def calibration_section(frames: int, selection: str, input_hw: tuple[int, int], split: str,
-                        data_kind: str) -> dict[str, Any]:
-    """Where the INT8 ranges came from: how many RAW crops, of what size, from which split."""
+RANGE_METHODS = {"minmax": "min/max over the calibration frames (TFLite's calibrator)",
+                 "percentile": "each tensor clipped to a percentile of its calibration values",
+                 "mse": "each tensor clipped to its least-squared-error range on the calibration frames",
+                 "learned": "learned by quantization-aware training (LSQ+); tensors it does not cover as "
+                            "quantize.ranges sets them"}
+WEIGHT_METHODS = {"none": "per-channel symmetric, rounded to nearest",
+                  "bias_correction": "per-channel symmetric, rounded to nearest, biases corrected for the "
+                                     "mean shift of the rounding",
+                  "adaround": "per-channel symmetric, rounded by AdaRound on the calibration frames"}
+
+
+def calibration_section(frames: int, selection: str, input_hw: tuple[int, int], split: str, data_kind: str,
+                        ranges: str = "minmax", weight_rounding: str = "none",
+                        float_ops: Sequence[str] = ()) -> dict[str, Any]:
+    """Where the INT8 ranges came from: how many RAW crops, of what size, from which split, and how the
+    activation ranges and the weight rounding were set (so an app team can rebuild the model)."""
     h, w = input_hw
-    return {"frames": frames, "selection": selection,
-            "source": f"RAW crops of {h}x{w} packed pixels from the training split {split!r} of the "
-                      f"{data_kind} data (never the held-out images)"}
+    section: dict[str, Any] = {
+        "frames": frames, "selection": selection,
+        "source": f"RAW crops of {h}x{w} packed pixels from the training split {split!r} of the "
+                  f"{data_kind} data (never the held-out images)",
+        "activation_ranges": ranges, "activation_ranges_method": RANGE_METHODS[ranges],
+        "weight_rounding": weight_rounding, "weight_rounding_method": WEIGHT_METHODS[weight_rounding]}
+    if float_ops:
+        section["float_ops"] = list(float_ops)
+    return section
 
 
 GPU_PREFERENCE = ("float16", "fp32", "int8", "dynamic", "int16x8")

@@ -39,7 +39,12 @@ def _feeding_lines(card: dict[str, Any]) -> list[str]:
     calibration = card.get("calibration")
     if calibration:
         lines += ["## Calibration", f"- {calibration['frames']} frames, selection {calibration['selection']}: "
-                  f"{calibration['source']}", ""]
+                  f"{calibration['source']}"]
+        if "activation_ranges" in calibration:  # cards written before the range methods lack these
+            lines += [f"- activation ranges: {calibration['activation_ranges_method']}",
+                      f"- weights: {calibration['weight_rounding_method']}"]
+        lines += [f"- kept in float: {', '.join(calibration['float_ops'])}"] if calibration.get("float_ops") else []
+        lines.append("")
     return lines
 
 

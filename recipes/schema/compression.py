@@ -109,6 +109,10 @@ class QuantizeStage(Strict):
     float_ops: list[str] = Field(default_factory=list,
                                  description="TFLite op types the int8 variant keeps in float, e.g. [MEAN, "
                                              "SQUARED_DIFFERENCE, RSQRT]: instance norm's statistics")
+    weight_rounding: Literal["none", "bias_correction", "adaround"] = Field(
+        "none", description="int8 weights: TFLite's round to nearest, or with each conv's bias corrected for the "
+                            "mean shift rounding causes, or rounded by AdaRound onto TFLite's grid "
+                            "(compress.quantization.weight_rounding, on the calibration frames; int8 variant only)")
     selective: SelectiveSpec | None = Field(None, description="selective precision for the int8 variant")
     qat: QATSpec | None = Field(None, description="quantization-aware fine-tune before export")
     x86: list[X86Variant] = Field(default_factory=list,

@@ -26,6 +26,7 @@ from compress.fold import fold_model
 from compress.quantization.learned_ranges import LearnedRange, LearnedRangeMatcher
 from compress.quantization.ranges import RangeSetting
 from compress.quantization.selective import SelectivePrecision, selective_markdown
+from compress.quantization.weight_rounding import adaround, bias_correct
 from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
 from compress.runtime.parity import run_onnx
 from compress.runtime.profile import count_macs, count_params, size_kb
@@ -54,6 +55,21 @@ def held_out(ctx: RunContext, model: nn.Module) -> HeldOut:
     with torch.no_grad():
         reference = model(torch.from_numpy(raws)).numpy()
     return HeldOut(raws, torch.from_numpy(rgbs), reference)
+
+
+def _rounded_int8_weights(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path,
+                          calibration: np.ndarray) -> Path:
+    """The ONNX file of the weights the int8 variant quantizes: ``onnx_path`` itself, or with
+    ``quantize.weight_rounding`` a copy of the model whose biases (bias correction) or weights (AdaRound, snapped
+    onto TFLite's per-channel grid) are set on the calibration frames.  The float variants keep the model's own
+    weights, so the int8 drop is still measured against them."""
+    method = ctx.recipe.quantize.weight_rounding
+    if method == "none":
+        return onnx_path
+    frames = torch.from_numpy(calibration)
+    rounded = bias_correct(model, frames) if method == "bias_correction" else adaround(model, frames,
+                                                                                      seed=ctx.recipe.seed)
+    return export_onnx(rounded, folder / f"{onnx_path.stem}_{method}.onnx", input_shape(ctx.recipe))
 
 
 def _xnnpack_int8_source(onnx_path: Path, folder: Path) -> tuple[Path, dict[str, int]]:
@@ -93,10 +109,11 @@ def _learned_ranges(ctx: RunContext) -> LearnedRangeMatcher | None:
     return LearnedRangeMatcher(LearnedRange(**item) for item in json.loads(Path(path).read_text()))
 
 
-def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, calibration: np.ndarray,
-             bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int], int]:
+def _convert(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, data: HeldOut,
+             calibration: np.ndarray, bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int],
+                                                           int]:
     """Every TFLite variant from one onnx2tf run (two when the int8 variant converts from another graph than
-    the float ones: the XNNPACK rewrite for int8, the GPU rewrite for the rest)."""
+    the float ones: the XNNPACK rewrite or weight rounding for int8, the GPU rewrite for the rest)."""
     qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
     variants = qcfg.built_variants()
     selective = None
@@ -117,7 +134,10 @@ def _convert(ctx: RunContext, onnx_path: Path, folder: Path, data: HeldOut, cali
                                        float_ops=qcfg.float_ops)
         int8_hook = selective
         modes.remove("int8")
-    int8_source, rewrites = _xnnpack_int8_source(onnx_path, folder) if qcfg.xnnpack_rewrite else (onnx_path, {})
+    int8_weights = _rounded_int8_weights(ctx, model, onnx_path, folder, calibration) if "int8" in variants \
+        else onnx_path
+    int8_source, rewrites = (_xnnpack_int8_source(int8_weights, folder) if qcfg.xnnpack_rewrite
+                             else (int8_weights, {}))
     float_source, gpu_rewrites = (_gpu_float_source(onnx_path, folder) if ctx.recipe.export.gpu_rewrite
                                   else (onnx_path, 0))
     if gpu_rewrites and "gpu" in ctx.recipe.export.require:  # the GPU must take int8 too: rewrite it as well
@@ -212,7 +232,8 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Expor
     bar.update()
     bar.set_postfix_str(f"onnx2tf -> TFLite {' + '.join(variants)}")
     calibration = np.load(ctx.result("quantize", QuantizeResult).calibration)
-    tflite, selective, rewrites, gpu_rewrites = _convert(ctx, onnx_path, folder, data, calibration, bar)
+    tflite, selective, rewrites, gpu_rewrites = _convert(ctx, model, onnx_path, folder, data, calibration,
+                                                          bar)
     bar.update()
     metrics = _score(ctx, onnx_path, tflite, data, bar)
     metrics.update({f"xnnpack_rewrites_{op.lower()}": float(n) for op, n in rewrites.items()})

@@ -27,7 +27,7 @@ from recipes.metric_keys import (
     tflite_format,
 )
 from recipes.quant_gate import CHANNELS
-from recipes.results import ExportResult, HandoffResult
+from recipes.results import ExportResult, HandoffResult, QuantizeResult
 from recipes.schema import Recipe
 
 
@@ -67,6 +67,14 @@ def normalisation_text(recipe: Recipe) -> str:
     if data.kind == "paired":
         return f"(raw - {data.black_level:g}) / ({data.white_level:g} - {data.black_level:g}), clipped to [0, 1]"
     return "(raw - black) / (white - black), clipped to [0, 1] (embedded data is synthesised already normalised)"
+
+
+def _range_method(ctx: RunContext) -> str:
+    """``learned`` when QAT's trained ranges went into the TFLite model, else ``quantize.ranges``."""
+    quantize = ctx.outcomes.get("quantize")
+    if quantize is not None and isinstance(quantize.result, QuantizeResult) and quantize.result.learned_ranges:
+        return "learned"
+    return ctx.recipe.quantize.ranges
 
 
 def deployment_sections(card: dict[str, Any], export: ExportResult, variant: str) -> dict[str, Path]:
@@ -115,9 +123,10 @@ def handoff_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Hand
         "quantization": model_card.describe_variant(variant, recipe.quantize.int8_io, layers),
         "precision": model_card.precision_section(variant, recipe.quantize.int8_io, layers),
         "input_size": model_card.input_size_section(model.eval(), recipe.export.input_size),
-        "calibration": model_card.calibration_section(frames, recipe.quantize.calibration_selection,
-                                                      recipe.export.input_size, recipe.data.splits()[0],
-                                                      recipe.data.kind),
+        "calibration": model_card.calibration_section(
+            frames, recipe.quantize.calibration_selection, recipe.export.input_size, recipe.data.splits()[0],
+            recipe.data.kind, ranges=_range_method(ctx), weight_rounding=recipe.quantize.weight_rounding,
+            float_ops=recipe.quantize.float_ops),
         "model": {"family": spec.family, "name": spec.name, "config": spec.config, "widths": spec.widths,
                   "folded": True},  # the export stage folds whatever the fold stage did not
         "input": {

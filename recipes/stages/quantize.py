@@ -89,6 +89,8 @@ def quantize_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Qua
     ctx.tracker.log_params({"quant_mode": cfg.mode, "quant_int8_io": cfg.int8_io,
                             "quant_variants": ",".join(cfg.built_variants()),
                             "quant_calibration_selection": cfg.calibration_selection,
+                            "quant_ranges": cfg.ranges, "quant_weight_rounding": cfg.weight_rounding,
+                            "quant_float_ops": ",".join(cfg.float_ops),
                             "quant_qat": cfg.qat is not None})
     ctx.tracker.log_metrics(metrics)
     return metrics, QuantizeResult(model=model_dir, calibration=calibration, activation_ranges=ranges_path,

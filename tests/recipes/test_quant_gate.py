@@ -1,14 +1,16 @@
 """Quantize/export/handoff with every TFLite variant: per-variant metrics, the quality gate and the card.
 
 One tiny recipe (no teacher, no pruning, Smallnet width 8 at 32x32 packed) runs once with all variants,
-the x86 ones, QAT, spread calibration and selective precision; a second run in the same workdir reuses the student and
-fails the gate with impossible budgets.  Schema checks and the README rendering need no conversion.
+the x86 ones, QAT (learned ranges), MSE ranges, bias correction, spread calibration and selective precision;
+a second run in the same workdir reuses the student and fails the gate with impossible budgets.  Schema checks and the README rendering need no conversion.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +26,8 @@ TINY = ["teacher=null", "prune=null", "student.config={width: 8}", "student.trai
         "quantize.calibration_frames=4", "quantize.calibration_selection=spread",
         "quantize.variants=[int16x8, float16, dynamic]", "quantize.selective={max_drop_db: 50}",
         "quantize.qat={train: {steps: 4, batch_size: 2, lr: 0.001}, kd_weight: 0.5}",
-        "quantize.x86=[onnx_int8, onnx_int16, inc_int8]", "quantize.inc_max_trials=2"]
+        "quantize.x86=[onnx_int8, onnx_int16, inc_int8]", "quantize.inc_max_trials=2",
+        "quantize.ranges=mse", "quantize.weight_rounding=bias_correction"]
 X86 = ["onnx_int8", "onnx_int16", "inc_int8"]
 VARIANTS = ["fp32", "int8", "int16x8", "float16", "dynamic"]
 
@@ -104,11 +107,33 @@ def test_card_lists_variants_precision_calibration_size_rules_and_hash(gated_run
     assert card["precision"]["summary"] == "all int8" and card["precision"]["float_layers"] == []
     assert card["calibration"]["frames"] == 4 and card["calibration"]["selection"] == "spread"
     assert "'train'" in card["calibration"]["source"]
+    assert card["calibration"]["activation_ranges"] == "learned"  # QAT's ranges went into the int8 model
+    assert card["calibration"]["weight_rounding"] == "bias_correction" and "float_ops" not in card["calibration"]
     size = card["input_size"]
     assert size["packed_hw"] == [32, 32] and size["receptive_field_margin"] == 3 and size["overlap"] == 3
     assert card["model_sha256"] == hashlib.sha256((bundle / "model.tflite").read_bytes()).hexdigest()
     readme = (bundle / "README.md").read_text()
     assert "tflite_dynamic" in readme and "all int8" in readme and card["model_sha256"] in readme
+    assert "- weights: per-channel symmetric, rounded to nearest, biases corrected" in readme
+
+
+@pytest.mark.slow
+def test_int8_converts_from_bias_corrected_weights_and_float_variants_do_not(gated_run: dict) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    def biases(path: Path) -> list[np.ndarray]:
+        graph = onnx.load(path).graph
+        conv_biases = {n.input[2] for n in graph.node if n.op_type == "Conv" and len(n.input) > 2}
+        return [numpy_helper.to_array(t) for t in graph.initializer if t.name in conv_biases]
+
+    folder = gated_run["outcomes"]["export"].result.onnx.parent
+    original, corrected = biases(folder / "model.onnx"), biases(folder / "model_bias_correction.onnx")
+    assert len(original) == len(corrected) >= 2
+    shift = [float(np.abs(a - b).max()) for a, b in zip(original, corrected, strict=True)]
+    assert 0 < max(shift) < 0.05  # a correction of the rounding's mean shift, not new weights
+    m = gated_run["outcomes"]["export"].metrics
+    assert m["rmse_tflite_fp32_r"] < 1e-4  # fp32 still converts the model's own weights
 
 
 @pytest.mark.slow
@@ -144,6 +169,9 @@ def test_schema_defaults_and_checks() -> None:
         load_recipe("quickstart", ["quantize.mode=int4"])
     with pytest.raises(RecipeError, match="quantize.calibration_selection"):
         load_recipe("quickstart", ["quantize.calibration_selection=brightest"])
+    with pytest.raises(RecipeError, match="quantize.weight_rounding"):
+        load_recipe("quickstart", ["quantize.weight_rounding=gptq"])
+    assert QuantizeStage().weight_rounding == "none"
 
 
 def test_readme_lists_float_layers_and_every_variant() -> None:
