@@ -54,7 +54,7 @@ from compress.export.tflite import convert_onnx_to_tflite
 from compress.export.tflite_inspect import tflite_ops
 from compress.quantization.aeq import aeq_int8, float_ops
 from compress.quantization.calibration import calibration_crops
-from compress.quantization.ranges import RangeSetting
+from compress.quantization.ranges import NORM_STATS_OPS, RangeSetting
 from compress.quantization.selective import SelectivePrecision
 from compress.quantization.weight_rounding import adaround, bias_correct
 from distill.data.embedded import load_embedded
@@ -62,7 +62,6 @@ from distill.metrics import centre_crop_pair, psnr_db
 from students import list_students
 
 CALIBRATION_FRAMES = 16
-NORM_STATS_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")
 SELECTIVE_BUDGET_DB = 0.1
 SELECTIVE_MAX_LAYERS = 8
 SELECTIVE_CANDIDATES = 24  # layers measured alone (lowest SQNR first): keeps PyNET-V2's ~300 ops affordable

@@ -33,6 +33,22 @@ RANGE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
 FIXED_RANGE_OPS = {"LOGISTIC", "TANH", "SOFTMAX"}
 SAMPLE_VALUES = 1 << 18  # values per tensor the searches see (a seeded subsample of larger tensors)
 MSE_GRID = 48  # shrink factors tried per side by the MSE search
+NORM_STATS_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")
+"""Instance norm's statistics in TFLite: at INT8 per tensor they cost PyNET-V2 Mobile most of its loss
+(docs/quantization.md, 'Choosing an INT8 method'); ``quantize.float_ops`` keeps them in float."""
+
+
+def norm_stats_advice(int8_ops: Sequence[str], float_ops: Sequence[str], ranges: str) -> str | None:
+    """What to change when an int8 model that normalizes by its own statistics (instance norm: a
+    SQUARED_DIFFERENCE and an RSQRT) misses its budget; None when the model has none or they are float."""
+    missing = [op for op in NORM_STATS_OPS if op not in float_ops]
+    if not {"SQUARED_DIFFERENCE", "RSQRT"} <= set(int8_ops) or not {"SQUARED_DIFFERENCE", "RSQRT"} & set(missing):
+        return None
+    steps = [f"quantize.float_ops: [{', '.join(NORM_STATS_OPS)}]"] + (["quantize.ranges: mse"]
+                                                                      if ranges == "minmax" else [])
+    return (f"the model normalizes by its own statistics (instance norm), which loses most at INT8: set "
+            f"{' and '.join(steps)}, or train a variant without it (pynetv2_mobile_nonorm); docs/quantization.md, "
+            "'Choosing an INT8 method'")
 Range = tuple[float, float]
 GivenFn = Callable[[bytes, dict[str, Range]], Mapping[str, Range]]
 

@@ -21,10 +21,10 @@ from compress.export.gpu_rewrites import rewrite_expand_for_gpu
 from compress.export.graph_rewrites import rewrite_for_xnnpack_int8
 from compress.export.onnx_export import export_onnx
 from compress.export.tflite import ExtraBuild, convert_onnx_to_tflite
-from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
+from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details, tflite_ops
 from compress.fold import fold_model
 from compress.quantization.learned_ranges import LearnedRange, LearnedRangeMatcher
-from compress.quantization.ranges import RangeSetting
+from compress.quantization.ranges import RangeSetting, norm_stats_advice
 from compress.quantization.selective import SelectivePrecision, selective_markdown
 from compress.quantization.weight_rounding import adaround, bias_correct
 from compress.runtime.latency import onnx_latency_ms, tflite_latency_ms
@@ -188,8 +188,10 @@ def _score(ctx: RunContext, onnx_path: Path, tflite: dict[str, Path], data: Held
     return metrics
 
 
-def _check_gates(ctx: RunContext, metrics: dict[str, float], selective: SelectivePrecision | None) -> None:
-    """Parity of the float exports, the selective-precision budget and every variant's quality gate."""
+def _check_gates(ctx: RunContext, metrics: dict[str, float], selective: SelectivePrecision | None,
+                 tflite: dict[str, Path]) -> None:
+    """Parity of the float exports, the selective-precision budget and every variant's quality gate; a failing
+    int8 model with instance norm statistics in INT8 is told how to keep them in float."""
     cfg, qcfg = ctx.recipe.export, ctx.recipe.quantize
     for fmt in ("onnx", tflite_format("fp32")):
         if metrics[parity_key(fmt)] < cfg.parity_min_db:
@@ -203,8 +205,10 @@ def _check_gates(ctx: RunContext, metrics: dict[str, float], selective: Selectiv
                          f"{r.max_drop_db:g} dB (limit quantize.selective.max_float_layers "
                          f"{qcfg.selective.max_float_layers}); no bundle is written")
     failures = gate_failures(metrics, qcfg, cfg.parity_min_db)
+    advice = (norm_stats_advice(tflite_ops(tflite["int8"]), qcfg.float_ops, qcfg.ranges)
+              if "int8" in tflite and any(f.startswith("int8 ") for f in failures) else None)
     if failures:
-        raise StageError(f"export: {'; '.join(failures)}; no bundle is written")
+        raise StageError(f"export: {'; '.join(failures)}; no bundle is written" + (f" ({advice})" if advice else ""))
 
 
 def _log_selective(ctx: RunContext, folder: Path, selective: SelectivePrecision) -> tuple[Path, dict[str, float]]:
@@ -256,7 +260,7 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Expor
         selective_path, selective_metrics = _log_selective(ctx, folder, selective)
         metrics.update(selective_metrics)
     ctx.tracker.log_metrics(metrics)
-    _check_gates(ctx, metrics, selective)
+    _check_gates(ctx, metrics, selective, tflite)
     deploy_metrics, frames, deploy_path = deployment(ctx, folder, model, tflite, data.raws, data.target, metrics,
                                                      calibration)  # logs its own metrics (before export.require)
     metrics.update(deploy_metrics)

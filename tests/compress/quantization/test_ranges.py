@@ -13,8 +13,10 @@ from compress.export.onnx_export import export_onnx
 from compress.export.tflite import ConverterFactory, convert_onnx_to_tflite
 from compress.export.tflite_inspect import assert_builtin_only, tflite_io_details
 from compress.quantization.ranges import (
+    NORM_STATS_OPS,
     RangeSetting,
     calibrate,
+    norm_stats_advice,
     quantization_mse,
     read_ranges,
     search_range,
@@ -72,6 +74,16 @@ def test_unknown_method_and_bad_percentile_are_refused() -> None:
         search_range(np.ones(3, np.float32), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="percentile must be in"):
         RangeSetting("percentile", percentile=20.0)
+
+
+def test_norm_stats_advice_names_the_keys_only_where_instance_norm_is_int8() -> None:
+    pynet_ops = ["CONV_2D", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "MUL", "ADD", "PRELU"]
+    advice = norm_stats_advice(pynet_ops, [], "minmax")
+    assert advice is not None and "quantize.float_ops: [MEAN, SQUARED_DIFFERENCE, RSQRT]" in advice
+    assert "quantize.ranges: mse" in advice and "pynetv2_mobile_nonorm" in advice
+    assert "quantize.ranges" not in (norm_stats_advice(pynet_ops, [], "mse") or "")
+    assert norm_stats_advice(pynet_ops, list(NORM_STATS_OPS), "mse") is None  # already float
+    assert norm_stats_advice(["CONV_2D", "MEAN", "LEAKY_RELU"], [], "minmax") is None  # channel attention only
 
 
 @pytest.fixture(scope="module")
