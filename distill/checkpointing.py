@@ -1,10 +1,10 @@
 """Training checkpoints that survive ``kill -9``: written atomically, read back with ``weights_only=True``.
 
 A checkpoint holds everything a step-based run needs to continue exactly where it stopped: model,
-optimiser, scheduler (and AMP scaler, KD adapters), the number of finished steps and the RNG states of
-torch, numpy and Python.  Everything is stored as tensors or primitive containers, so loading never
-unpickles arbitrary objects (RNG states become integer tensors; the MLflow run id goes into ``extra``
-as a string).  The data stream needs no state: it is a pure function of (seed, step).
+optimiser, scheduler (and AMP scaler, KD adapters, the once-for-all super head), the number of finished
+steps and the RNG states of torch, numpy and Python.  Everything is stored as tensors or primitive
+containers, so loading never unpickles arbitrary objects (RNG states become integer tensors; the MLflow
+run id goes into ``extra`` as a string).  The data stream needs no state: it is a pure function of (seed, step).
 """
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     adapters: nn.Module | None = None,
     scaler: Any = None,
+    once_for_all: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint atomically: a temp file in the same folder, fsync, then ``os.replace``.
 
@@ -131,6 +132,8 @@ def save_checkpoint(
         payload["adapters"] = adapters.state_dict()
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
+    if once_for_all is not None:
+        payload["once_for_all"] = once_for_all  # OnceForAll.state_dict(): head weights, PSNR average, detach step
     return atomic_torch_save(payload, path)  # temp sibling + fsync + os.replace; OSError names the file
 
 
@@ -138,7 +141,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (tensors and primitive containers only).
 
     Returns a dict with ``model``, ``optimiser``, ``scheduler``, ``step``, ``rng_states``, ``extra`` and,
-    where saved, ``adapters`` and ``scaler``.
+    where saved, ``adapters``, ``scaler`` and ``once_for_all``.
     """
     path = Path(path)
     try:

@@ -31,6 +31,7 @@ from distill.checkpointing import (
 from distill.distiller import Distiller
 from distill.evaluation import DEFAULT_TASK, Task
 from distill.losses import KNOWN_LOSSES, LossFn, WeightedLoss
+from distill.once_for_all import OnceForAll
 from distill.perceptual import PerceptualLoss
 from distill.progress import tqdm
 
@@ -132,25 +133,30 @@ class _TrainStep(nn.Module):
     """One step's forward and loss as a module, so DistributedDataParallel syncs the gradients of the
     model *and* the KD adapters.  The model runs under autocast; the recipe's loss runs in float32."""
 
-    _kd: Distiller | None  # these five are kept in __dict__, out of the module tree
+    _kd: Distiller | None  # these six are kept in __dict__, out of the module tree
+    _ofa: OnceForAll | None
     _task: Task
     _criterion: Callable
     _autocast: Callable[[], Any]
     _compiled: Callable | None
 
     def __init__(self, model: nn.Module, kd: Distiller | None, task: Task, criterion: Callable,
-                 autocast: Callable[[], Any], compiled: Callable | None = None) -> None:
+                 autocast: Callable[[], Any], compiled: Callable | None = None, ofa: OnceForAll | None = None) -> None:
         super().__init__()
         self.model = model
         self.adapters = kd.adapters if kd else nn.ModuleDict()
+        if ofa is not None:
+            self.ofa_head = ofa.head  # so DDP syncs its gradients too
         self.__dict__["_kd"], self.__dict__["_task"], self.__dict__["_criterion"] = kd, task, criterion
+        self.__dict__["_ofa"] = ofa
         self.__dict__["_autocast"], self.__dict__["_compiled"] = autocast, compiled
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        kd, task = self._kd, self._task
+        kd, task, ofa = self._kd, self._task, self._ofa
         taps = kd.student_taps if kd and kd.student_taps else nullcontext()
+        trunk = ofa.tapping() if ofa else nullcontext()
         with self._autocast():
-            with taps:
+            with taps, trunk:
                 if self._compiled is not None and not task.multilevel:
                     pred = self._compiled(x, level=task.level) if task.level else self._compiled(x)
                 else:
@@ -158,6 +164,7 @@ class _TrainStep(nn.Module):
             kd_out = kd.loss(pred, x, target) if kd else None
             # the unpaired RAW runs outside the taps: its features are no pair's
             unpaired = kd.unpaired_loss(self.model, x, step) if kd and kd.unpaired is not None else None
+            super_pred = ofa.super_forward() if ofa else None  # None once the super-net is detached
         loss, parts = self._criterion(_to_float(pred), target)
         if kd_out is not None:
             kd_loss, kd_parts = kd_out
@@ -166,6 +173,10 @@ class _TrainStep(nn.Module):
         if unpaired is not None:
             parts.update(unpaired[1])
             loss = loss + unpaired[0]
+        if ofa is not None and super_pred is not None:
+            super_loss, super_parts = ofa.loss(_to_float(super_pred), target, self._criterion, step)
+            parts.update(super_parts)
+            loss = loss + super_loss
         return loss, parts
 
 
@@ -200,6 +211,7 @@ def train(
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
+    ofa: OnceForAll | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam + cosine decay; logs every ``spec.log_every`` steps.
 
@@ -207,7 +219,9 @@ def train(
     multi-level loss receives the model's raw input and the target instead of one prediction).
     ``kd`` adds its distillation terms; its adapters are prepared on the first batch and trained with
     the model, and are not part of it.  With an unpaired RAW source, step ``s`` also trains on unpaired
-    batch ``s`` (a pure function of the step, so resuming draws the same RAW).
+    batch ``s`` (a pure function of the step, so resuming draws the same RAW).  ``ofa`` trains a detachable
+    super-net head on the model's trunk jointly until its PSNR passes the threshold
+    (``distill.once_for_all``); the head is never part of the model and is checkpointed beside it.
 
     ``checkpoint_path``: a checkpoint is written there every ``spec.checkpoint_every`` steps and at the
     end (with ``checkpoint_extra``, e.g. the MLflow run id); if one exists, training resumes from it
@@ -232,7 +246,7 @@ def train(
     try:
         return _train(model, dataset, spec, seed=seed, kd=kd, log=log, desc=desc, task=task,
                       criterion=criterion, checkpoint_path=checkpoint_path, checkpoint_extra=checkpoint_extra,
-                      device=device, dist_info=dist_info, per_rank=per_rank, on_step=on_step)
+                      device=device, dist_info=dist_info, per_rank=per_rank, on_step=on_step, ofa=ofa)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         model.to("cpu")
@@ -242,13 +256,16 @@ def train(
         if kd:
             kd.teacher.to("cpu")
             kd.adapters.to("cpu")
+        if ofa:
+            ofa.head.to("cpu")
         model.eval()
 
 
 def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Distiller | None,
            log: LogFn | None, desc: str, task: Task, criterion: Callable | None, checkpoint_path: Path | None,
            checkpoint_extra: dict[str, Any] | None, device: torch.device, dist_info: distributed.DistInfo,
-           per_rank: int, on_step: Callable[[int], None] | None = None) -> TrainResult:
+           per_rank: int, on_step: Callable[[int], None] | None = None, ofa: OnceForAll | None = None,
+           ) -> TrainResult:
     torch.manual_seed(seed)
     memory = torch.channels_last if spec.channels_last else torch.contiguous_format
     # Module.to takes memory_format (see its docstring); torch's typed overloads omit it
@@ -274,10 +291,16 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
         raise ValueError(f"{desc}: the model has no trainable parameters (all frozen, e.g. it served as a KD teacher)")
     if kd and kd.unpaired is not None and (task.level or task.clean_image or task.multilevel):
         raise ValueError(f"{desc}: unpaired RAW distillation needs a plain RAW -> full-resolution RGB task")
+    if ofa and (task.level or task.multilevel):
+        raise ValueError(f"{desc}: once-for-all training needs a task with one full-resolution image out")
     if kd:
         kd.prepare(model, *task.inputs_targets(*first))
         kd.adapters.to(device=device, memory_format=memory)  # type: ignore[call-overload]  # as above
         params += kd.parameters()
+    if ofa:
+        ofa.prepare(model, task.inputs_targets(*first)[0])
+        ofa.head.to(device=device, memory_format=memory)  # type: ignore[call-overload]  # as above
+        params += ofa.parameters()
     optimiser = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / max(spec.steps, 1)))
@@ -287,10 +310,15 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
     start = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = load_checkpoint(checkpoint_path)
+        if (ofa is not None) != ("once_for_all" in state):
+            raise CheckpointError(f"{desc}: checkpoint {checkpoint_path} was written {'without' if ofa else 'with'} "
+                                  f"once-for-all training; delete it or run with --no-resume")
         try:
             model.load_state_dict(state["model"])
             if kd and "adapters" in state:
                 kd.adapters.load_state_dict(state["adapters"])
+            if ofa:
+                ofa.load_state_dict(state["once_for_all"])
             optimiser.load_state_dict(state["optimiser"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -307,7 +335,7 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
     compiled = torch.compile(model) if spec.compile else None
-    step_module: nn.Module = _TrainStep(model, kd, task, criterion, autocast, compiled)
+    step_module: nn.Module = _TrainStep(model, kd, task, criterion, autocast, compiled, ofa)
     if dist_info.enabled:
         step_module = DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -322,6 +350,7 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
         save_checkpoint(checkpoint_path, model=model, optimiser=optimiser, scheduler=scheduler, step=done,
                         rng_states=capture_rng_states(), adapters=kd.adapters if kd else None,
                         scaler=scaler if scaler.is_enabled() else None,
+                        once_for_all=ofa.state_dict() if ofa else None,
                         extra={**(checkpoint_extra or {}), "final_loss": result.final_loss, "desc": desc})
 
     for step in bar:

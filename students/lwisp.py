@@ -196,6 +196,10 @@ class CCB(nn.Module):
         return self.fuse(torch.cat([out, self.contrast(skip)], dim=1))
 
 
+TRUNK_TAP = "up3"
+"""Where the shared trunk ends (c1 channels at the packed resolution); up4 + tail + sigmoid are the top."""
+
+
 class LWISP(nn.Module):
     """LW-ISP: packed RAW ``(N, 4, H, W)`` -> sRGB ``(N, 3, 2H, 2W)``; H, W multiples of 16."""
 
@@ -266,7 +270,7 @@ class LWISP(nn.Module):
 
 
 @STUDENTS.register("lwisp", ModelInfo(
-    tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE,
+    tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE, trunk_tap=TRUNK_TAP,
     paper={"params": 2_014_681, "params_tolerance": 0.025, "flops_224": 4.234e9,
            "source": "LW-ISP (seed 004) Table 3, w/ FGAM: ours 2,063,177 (+2.4 %), see students/lwisp.py"}))
 def lwisp(width: float = 1.0, block: BlockKind = "conv") -> LWISP:
@@ -274,7 +278,7 @@ def lwisp(width: float = 1.0, block: BlockKind = "conv") -> LWISP:
 
 
 @STUDENTS.register("lwisp_nofgam", ModelInfo(
-    tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE,
+    tiny_config={"width": 0.25}, input_multiple=INPUT_MULTIPLE, min_input=INPUT_MULTIPLE, trunk_tap=TRUNK_TAP,
     paper={"params": 1_660_777, "flops_224": 3.441e9,
            "source": "LW-ISP (seed 004) Table 3, w/o FGAM: ours 1,665,587 (+0.3 %)"}))
 def lwisp_nofgam(width: float = 1.0, block: BlockKind = "conv") -> LWISP:

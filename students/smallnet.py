@@ -20,6 +20,9 @@ from torch import nn
 from students.reparam import BlockKind, check_block, make_conv
 from teachers.registry import STUDENTS, ModelInfo
 
+TRUNK_TAP = "act2"
+"""Where the shared trunk ends (``width`` channels at the packed resolution); conv3 + shuffle are the top."""
+
 
 class Smallnet(nn.Module):
     """Packed RAW ``(N, 4, H, W)`` in [0, 1] -> sRGB ``(N, 3, 2H, 2W)``."""
@@ -62,7 +65,7 @@ class Smallnet(nn.Module):
 
 
 @STUDENTS.register("smallnet", ModelInfo(
-    tiny_config={"width": 8},
+    tiny_config={"width": 8}, trunk_tap=TRUNK_TAP,
     paper={"params": 4_652, "params_tolerance": 0, "source": "MAI 2021 report (seed 001), team dh_isp"}))
 def smallnet(width: int = 16, batch_norm: bool = False, block: BlockKind = "conv") -> Smallnet:
     return Smallnet(width=width, batch_norm=batch_norm, block=block)

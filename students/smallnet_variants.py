@@ -56,7 +56,7 @@ import torch
 from timm.layers.cbam import CbamModule
 from torch import nn
 
-from students.smallnet import Smallnet
+from students.smallnet import TRUNK_TAP, Smallnet
 from teachers.registry import STUDENTS, ModelInfo
 
 GAMMA_EPS = 1e-4
@@ -115,7 +115,7 @@ class SmallnetJMU(Smallnet):
 
 
 @STUDENTS.register("smallnet_mialgo", ModelInfo(
-    tiny_config={"width": 6},
+    tiny_config={"width": 6}, trunk_tap=TRUNK_TAP,
     paper={"tflite_mb": 0.014, "gpu_runtime_ms": 6.8, "psnr": 23.33,
            "source": "MAI 2022 report (seed 002) Sec. 4.1 / Table 1, team MiAlgo: no parameter count given"}))
 def smallnet_mialgo(width: int = 12, batch_norm: bool = False) -> Smallnet:
@@ -123,7 +123,7 @@ def smallnet_mialgo(width: int = 12, batch_norm: bool = False) -> Smallnet:
 
 
 @STUDENTS.register("smallnet_jmu", ModelInfo(
-    tiny_config={"width": 6},
+    tiny_config={"width": 6}, trunk_tap=TRUNK_TAP,
     paper={"tflite_mb": 0.041, "gpu_runtime_ms": 182, "psnr": 23.22,
            "source": "MAI 2022 report (seed 002) Sec. 4.7 / Table 1, team JMU-CVLab: "
                      "no parameter count given"}))

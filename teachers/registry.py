@@ -97,6 +97,9 @@ class ModelInfo:
     (multiples of ``input_multiple``, at least ``min_input``).  ``in_channels``/``upscale``: input
     channels and output/input size ratio.  ``paper``: figures the source paper reports for the default
     configuration, e.g. ``{"params": 2_014_681, "source": "LW-ISP Table 3"}``, shown beside ours.
+    ``trunk_tap``: the module path where the student's shared trunk ends and its own small top (the
+    layers that make RGB) begins; once-for-all training (``distill.once_for_all``) grows its detachable
+    super-net head there.  The channel count is read from a probe forward, so it follows ``width``.
     The rest of the contract lives on the module (docs/your-model.md): ``feature_taps``,
     ``prune_ignore``, ``reparameterize()`` on blocks, ``forward_levels()`` for level-wise teachers.
     """
@@ -107,6 +110,7 @@ class ModelInfo:
     in_channels: int = 4
     upscale: int = 2
     paper: dict[str, Any] = field(default_factory=dict)
+    trunk_tap: str | None = None
 
 
 class ModelRegistry:
