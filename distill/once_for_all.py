@@ -42,6 +42,10 @@ RESIDUAL_SCALE = 0.2  # ESRGAN's residual scaling: the blocks start close to the
 Criterion = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
+class OnceForAllError(ValueError):
+    """The trunk tap gives no feature map the head can bring to the output's size (named with both shapes)."""
+
+
 class ResidualDenseBlock(nn.Module):
     """``x + 0.2 * fuse([x, d1, d2, d3])`` where each ``d_i`` is a 3x3 conv + LeakyReLU of everything
     before it (dense connections, RDN's local feature fusion by a 1x1 conv, ESRGAN's residual scaling)."""
@@ -120,12 +124,12 @@ class OnceForAll:
             student.train(was_training)
         trunk = self.taps.collect()[self.trunk_tap]
         if trunk.ndim != 4 or not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != 3:
-            raise ValueError(f"once-for-all needs a feature map at trunk tap {self.trunk_tap!r} and an RGB image "
+            raise OnceForAllError(f"once-for-all needs a feature map at trunk tap {self.trunk_tap!r} and an RGB image "
                              f"out; got {tuple(trunk.shape)} and {getattr(out, 'shape', type(out).__name__)}")
         (h, w), (oh, ow) = trunk.shape[-2:], out.shape[-2:]
         scale = oh // h
         if scale < 1 or oh != scale * h or ow != scale * w:
-            raise ValueError(f"once-for-all: the output ({oh}x{ow}) is not a whole multiple of the trunk tap "
+            raise OnceForAllError(f"once-for-all: the output ({oh}x{ow}) is not a whole multiple of the trunk tap "
                              f"{self.trunk_tap!r} ({h}x{w}); tap a module at the packed or a finer resolution")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

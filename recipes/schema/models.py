@@ -184,6 +184,25 @@ class FeatureKDSpec(Strict):
         return pairs
 
 
+class OnceForAllSpec(Strict):
+    """Once-for-all training (ENERZAI, MAI 2021 Sec. 4.4): a detachable super-net head on the student's
+    trunk trains jointly with it until its PSNR passes ``threshold_db``; then the student fine-tunes alone."""
+    threshold_db: float = Field(description="detach the super-net once the moving average of its training-batch "
+                                "PSNR reaches this (dB); .inf: never, -.inf: after the first step")
+    head_width: int = Field(16, ge=1, description="channels of the super head's residual dense blocks")
+    blocks: int = Field(2, ge=1, description="residual dense blocks in the super head")
+    weight: float = Field(1.0, gt=0, description="weight of the super-net's loss (the student's train.losses)")
+    trunk_tap: str | None = Field(None, description="module path where the student's trunk ends; default: the "
+                                  "student's declared ModelInfo.trunk_tap")
+
+    @field_validator("threshold_db")
+    @classmethod
+    def _a_number(cls, value: float) -> float:
+        if value != value:  # NaN
+            raise ValueError("must be a number of dB (.inf: never detach)")
+        return value
+
+
 class DistillSpec(Strict):
     """How the student learns from the teacher; every term is optional and weighted."""
     output_kd: float = Field(0.5, ge=0, description="weight of the teacher-output term")
@@ -201,6 +220,9 @@ class DistillSpec(Strict):
         "needs a RAW teacher")
     unpaired_batch: int | None = Field(None, ge=1, description="unpaired RAW patches (data.patch_size each) per "
                                        "step; default: train.batch_size")
+    once_for_all: OnceForAllSpec | None = Field(
+        None, description="train a detachable super-net head on the student's trunk first (null: off); needs "
+                          "no teacher, and the saved student is the student alone")
 
     @property
     def active(self) -> bool:
@@ -216,5 +238,5 @@ class StudentStage(ModelBlock):
 
 __all__ = [
     "DEFAULT_SPLITS", "DataSpec", "ModelBlock", "LevelSpec", "TeacherStage", "LossName", "FeaturePairSpec",
-    "FeatureKDSpec", "DistillSpec", "StudentStage",
+    "FeatureKDSpec", "OnceForAllSpec", "DistillSpec", "StudentStage",
 ]

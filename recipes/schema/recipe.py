@@ -55,6 +55,34 @@ class Recipe(Strict):
         return value
 
     @model_validator(mode="after")
+    def _once_for_all_has_a_trunk(self) -> Recipe:
+        """The super-net head's trunk tap: the recipe's, else the student's declared one; it must exist."""
+        ofa = self.student.distill.once_for_all
+        if ofa is None or STAGE_ORDER.index(self.run_until) < STAGE_ORDER.index("student"):
+            return self
+        key = "student.distill.once_for_all.trunk_tap"
+        tap = self.once_for_all_tap
+        if tap is None:
+            raise KeyPathError(key, f"student {self.student.model!r} declares no trunk_tap (ModelInfo.trunk_tap): "
+                               "name the module path where its trunk ends and its own RGB top begins")
+        with torch.device("meta"):
+            student = STUDENTS.create(self.student.model, **self.student.config)
+        try:
+            resolve_modules(student, [tap], owner="student")
+        except TapError as exc:
+            raise KeyPathError(key, str(exc)) from None
+        return self
+
+    @property
+    def once_for_all_tap(self) -> str | None:
+        """Where the once-for-all super head reads the student's trunk (None: once-for-all is off or the
+        student declares no trunk)."""
+        ofa = self.student.distill.once_for_all
+        if ofa is None:
+            return None
+        return ofa.trunk_tap or STUDENTS.info(self.student.model).trunk_tap
+
+    @model_validator(mode="after")
     def _teacher_fits_student(self) -> Recipe:
         runs_student = STAGE_ORDER.index(self.run_until) >= STAGE_ORDER.index("student")
         if self.run_until == "teacher" and self.teacher is None:

@@ -7,6 +7,7 @@ from compress.checkpoint import ModelSpec, build_model, load_model
 from distill.adapters import AdapterError, FeaturePair
 from distill.data.unpaired import UnpairedRaw, embedded_sensor
 from distill.distiller import Distiller
+from distill.once_for_all import OnceForAll, OnceForAllError
 from distill.taps import TapError
 from distill.teacher_cache import TeacherCache
 from distill.trainer import train
@@ -45,17 +46,30 @@ def make_distiller(ctx: RunContext) -> Distiller | None:
                      unpaired_batch=cfg.unpaired_batch or ctx.recipe.student.train.batch_size)
 
 
+def make_once_for_all(ctx: RunContext) -> OnceForAll | None:
+    """The recipe's once-for-all super-net head (``student.distill.once_for_all``), or None when it is off."""
+    cfg, tap = ctx.recipe.student.distill.once_for_all, ctx.recipe.once_for_all_tap
+    if cfg is None or tap is None:  # the schema refuses once_for_all without a trunk tap
+        return None
+    return OnceForAll(tap, threshold_db=cfg.threshold_db, head_width=cfg.head_width, blocks=cfg.blocks,
+                      weight=cfg.weight, seed=ctx.recipe.seed + 1)
+
+
 def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], ModelResult]:
     cfg = ctx.recipe.student
     spec = ModelSpec(family="student", name=cfg.model, config=cfg.config)
     model = build_model(spec)
-    kd = make_distiller(ctx)
+    kd, ofa = make_distiller(ctx), make_once_for_all(ctx)
     try:
         result = train(model, ctx.data.train_set, cfg.train, seed=ctx.recipe.seed + 1, kd=kd,
-                       log=train_log(ctx), desc="student", **resumable(ctx, folder))
+                       log=train_log(ctx), desc="student", ofa=ofa, **resumable(ctx, folder))
     except (TapError, AdapterError) as exc:
         raise StageError(f"student: distillation: {exc}") from None
+    except OnceForAllError as exc:
+        raise StageError(f"student: student.distill.once_for_all: {exc}") from None
     extra = {"final_loss": result.final_loss}
+    if ofa is not None:
+        extra.update(ofa.summary())
     if kd is not None:
         extra["kd_adapter_params"] = float(sum(p.numel() for p in kd.parameters()))
         if kd.pairs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from compress.checkpoint import load_model
 from recipes.loader import RecipeError, builtin_recipes, load_recipe
 from recipes.runner import run_recipe
+from teachers.registry import STUDENTS
 
 TINY_DATA = ["data.max_side=128", "data.patch_size=32", "data.patches_per_image=2", "export.input_size=[32,32]",
              "run_until=student"]
@@ -51,14 +53,14 @@ def test_distill_mistakes_name_their_key(tmp_path: Path, edit, key: str, message
         load_recipe(_write(tmp_path, "lwisp_hetero_kd", edit))
 
 
-def _student_metrics(tmp_path: Path, recipe: str, *overrides: str) -> tuple[dict, dict]:
+def _student_metrics(tmp_path: Path, recipe: str, *overrides: str) -> tuple[Any, Any]:  # (result, MLflow run data)
     spec, path = load_recipe(recipe, [*TINY_DATA, *overrides])
     _, outcomes = run_recipe(spec, path, tmp_path)
-    assert [o.name for o in outcomes] == ["teacher", "student"]
+    assert [o.name for o in outcomes] == (["teacher", "student"] if spec.teacher else ["student"])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[spec.name], output_format="list")
     stage = next(r for r in runs if r.data.tags.get("stage") == "student")
-    return outcomes[1].result, stage.data
+    return outcomes[-1].result, stage.data
 
 
 def test_lwisp_hetero_kd_logs_each_feature_term_and_ships_no_adapter(tmp_path: Path) -> None:
@@ -103,3 +105,40 @@ def test_unpaired_raw_is_labelled_by_the_teacher_and_logged(tmp_path: Path) -> N
         "student.distill.unpaired_batch=3")
     assert {"train_kd_unpaired", "train_kd_output", "train_l1"} <= set(run.metrics)
     assert run.metrics["train_kd_unpaired"] > 0
+
+
+OFA = {"threshold_db": 20.0, "head_width": 4, "blocks": 1}
+
+
+@pytest.mark.parametrize(("change", "key", "message"), [
+    ({"model": "csanet"}, "trunk_tap", "student 'csanet' declares no trunk_tap"),
+    ({"trunk_tap": "act9"}, "trunk_tap", "has no submodule 'act9'; did you mean"),
+    ({"head_width": 0}, "head_width", "greater than or equal to 1"),
+    ({"weight": 0}, "weight", "greater than 0"),
+    ({"threshold_db": float("nan")}, "threshold_db", "must be a number of dB"),
+    ({"threshold_db": None}, "threshold_db", "Field required"),
+    ({"treshold_db": 20.0}, "treshold_db", "unknown key"),
+])
+def test_once_for_all_mistakes_name_their_key(tmp_path: Path, change: dict, key: str, message: str) -> None:
+    def edit(d: dict) -> None:
+        ofa = {**OFA, **{k: v for k, v in change.items() if k != "model"}}
+        d["student"]["distill"]["once_for_all"] = {k: v for k, v in ofa.items() if v is not None}
+        d["student"]["model"] = change.get("model", "smallnet")
+        d["student"]["config"] = {}
+
+    with pytest.raises(RecipeError, match=rf"edited.yaml: student.distill.once_for_all.{key}: .*{message}"):
+        load_recipe(_write(tmp_path, "quickstart", edit))
+
+
+def test_once_for_all_trains_without_a_teacher_logs_the_detach_and_saves_the_student_alone(tmp_path: Path) -> None:
+    def edit(d: dict) -> None:
+        d.pop("teacher")
+        d["student"]["distill"] = {"once_for_all": {**OFA, "threshold_db": float("-inf")}}
+
+    outputs, run = _student_metrics(tmp_path, str(_write(tmp_path, "quickstart", edit)), "student.train.steps=3",
+                                    "student.train.batch_size=2", "student.train.log_every=1")
+    assert run.metrics["ofa_detached_step"] == 0  # -inf: detached after the first joint step
+    assert run.metrics["train_ofa_super_psnr"] > 0 and run.metrics["ofa_head_params"] > 0
+    student, spec = load_model(outputs.model)
+    fresh = STUDENTS.create(spec.name, **spec.config)
+    assert list(student.state_dict()) == list(fresh.state_dict())  # no head in the saved student
