@@ -3,16 +3,18 @@ one table in docs/benchmarks.md.
 
 Every benchmark starts and ends the same way (a command line described by its docstring; a JSON under
 ``benchmarks/results`` and its table between markers in the docs page), so that lives here once:
-``cli``/``setup`` at the start of ``main``, ``stamp`` for the result, ``table`` and ``measured_on`` for
-the docs, ``publish`` at the end.
+``cli``/``setup`` at the start of ``main``, ``stamp`` for the result, ``mean_ci95`` for paired gains,
+``table`` and ``measured_on`` for the docs, ``publish`` at the end.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -104,6 +106,23 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[
     """A markdown table's lines from the header cells and one sequence of (formatted) cells per row."""
     line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
     return [line(header), "|" + "|".join(align or ["---"] * len(header)) + "|", *(line(r) for r in rows)]
+
+
+# two-sided 95 % critical values of Student's t by degrees of freedom (an untabulated df takes the next smaller one)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def mean_ci95(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and the 95 % confidence interval of the mean (Student's t; NaN
+    bounds for fewer than two values), e.g. of paired per-seed differences."""
+    n, mean = len(values), float(statistics.mean(values))
+    if n < 2:
+        return {"n": n, "mean": mean, "std": 0.0, "ci95_low": math.nan, "ci95_high": math.nan}
+    std = statistics.stdev(values)
+    t = T_975[max(df for df in T_975 if df <= n - 1)] if n - 1 <= 120 else 1.960
+    half = t * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
 def publish(name: str, heading: str, intro: str, rows: list[str], result: dict, doc: Path = DOC) -> None:
