@@ -22,7 +22,8 @@ Per student (its default configuration), in one process:
      scored on the held-out ones;
    - ``AEQ min/max``: Google's AI Edge Quantizer on the fp32 ``.tflite`` (``compress.quantization.aeq``); the
      ops it cannot quantize (PReLU, depth to space, ...) stay float, counted in ``float_ops``; for models with
-     instance norm also with 16-bit activations on its statistics ops (selective int16x8 per op type);
+     instance norm also with 16-bit activations on its MEAN, RSQRT and MUL ops (int16x8 per op type; AEQ has no
+     16-bit SQUARED_DIFFERENCE);
 3. score every model on XNNPACK (what apps run) and on TFLite's builtin kernels (closer to NPU integer
    paths): ``psnr_drop_db`` against the fp32 TFLite model of the original weights, ``parity_db`` = PSNR of
    the INT8 output against that fp32 output;
@@ -62,6 +63,7 @@ from distill.metrics import centre_crop_pair, psnr_db
 from students import list_students
 
 CALIBRATION_FRAMES = 16
+AEQ_INT16_NORM_OPS = ("MEAN", "RSQRT", "MUL")  # instance norm's ops AEQ can give 16-bit activations (per op type)
 SELECTIVE_BUDGET_DB = 0.1
 SELECTIVE_MAX_LAYERS = 8
 SELECTIVE_CANDIDATES = 24  # layers measured alone (lowest SQNR first): keeps PyNET-V2's ~300 ops affordable
@@ -94,8 +96,9 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
                                    extra=Builds(hooks))
     timings["convert_s"] = time.perf_counter() - start
     files = {"fp32": files.pop("fp32"), "minmax": files.pop("int8"), **files}
-    if not set(NORM_STATS_OPS) & set(tflite_ops(files["fp32"])):
-        files.pop("mse + float norm stats")  # nothing to keep in float: the same model as mse
+    instance_norm = {"SQUARED_DIFFERENCE", "RSQRT"} <= set(tflite_ops(files["fp32"]))
+    if not instance_norm:
+        files.pop("mse + float norm stats")  # no instance norm: the row is for the models that have one
     weight_methods: dict[str, Any] = {"mse + bias correction": bias_correct, "mse + AdaRound": adaround}
     for label, weight_method in weight_methods.items():
         start = time.perf_counter()
@@ -109,9 +112,9 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
     start = time.perf_counter()
     nhwc = frames.transpose(0, 2, 3, 1)
     files["AEQ min/max"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int8.tflite")
-    if set(NORM_STATS_OPS) & set(tflite_ops(files["fp32"])):  # 16-bit activations where instance norm needs them
+    if instance_norm:  # 16-bit activations where instance norm needs the range
         files["AEQ min/max + int16 norm stats"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int16_norm.tflite",
-                                                            int16_ops=NORM_STATS_OPS)
+                                                            int16_ops=AEQ_INT16_NORM_OPS)
     timings["aeq_s"] = time.perf_counter() - start
     aeq_float_ops = {m: float_ops(p) for m, p in files.items() if m.startswith("AEQ")}
 

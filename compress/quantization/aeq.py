@@ -24,6 +24,9 @@ STATIC_OPS: tuple[str, ...] = (
     "TRANSPOSE", "PAD", "PADV2", "MIRROR_PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESIZE_BILINEAR",
     "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE", "SLICE", "SPLIT", "MAXIMUM", "RELU", "SPACE_TO_DEPTH", "SUM",
 )
+# of those, the ones AEQ 0.10's policy also quantizes with 16-bit activations (int16x8); SQUARED_DIFFERENCE,
+# SPACE_TO_DEPTH and HARD_SWISH have no 16-bit config there
+INT16_OPS: tuple[str, ...] = tuple(op for op in STATIC_OPS if op not in {"SQUARED_DIFFERENCE", "SPACE_TO_DEPTH"})
 # AEQ's only algorithm for static (weights + activations) quantization: its MSE refuses the graph INPUT and
 # OCTAV is symmetric only, i.e. both are weight-only methods in 0.10.0
 ALGORITHM = "min_max_uniform_quantize"
@@ -32,6 +35,10 @@ ALGORITHM = "min_max_uniform_quantize"
 def aeq_int8(fp32_path: Path, frames_nhwc: np.ndarray, out_path: Path, int16_ops: Sequence[str] = ()) -> Path:
     """Static INT8 (int8 weights per channel, int8 activations; ``int16_ops`` get 16-bit activations) of
     ``fp32_path`` calibrated (min/max) on ``frames_nhwc`` (the model's input layout); written to ``out_path``."""
+    unsupported = sorted(set(int16_ops) - set(INT16_OPS))
+    if unsupported:
+        raise ValueError(f"AI Edge Quantizer has no 16-bit activations for {', '.join(unsupported)}; "
+                         f"it has for: {', '.join(INT16_OPS)}")
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer
 

@@ -21,3 +21,10 @@ def test_aeq_int8_is_close_to_fp32_and_reports_its_float_ops(tiny_smallnet_tflit
     floats = float_ops(path)
     assert floats.get("DEPTH_TO_SPACE") == 1  # AEQ 0.10 cannot quantize it: a float island
     assert "CONV_2D" not in floats and float_ops(tiny_smallnet_tflite.int8) == {}  # TF's quantizer: all int8
+
+
+def test_ops_without_16_bit_activations_are_refused_before_quantizing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no 16-bit activations for SQUARED_DIFFERENCE"):
+        aeq_int8(tmp_path / "never_read.tflite", np.zeros((1, 8, 8, 4), np.float32), tmp_path / "out.tflite",
+                 int16_ops=("MEAN", "SQUARED_DIFFERENCE"))
+    assert not (tmp_path / "out.tflite").exists()
