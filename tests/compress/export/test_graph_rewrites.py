@@ -179,3 +179,60 @@ def test_int8_tflite_keeps_the_negatives_of_a_feature_whose_channel_max_is_taken
     # REDUCE_MAX is a same-scale op: untied, the feature was clipped to the max's range [0, ...] (16 dB)
     parity = psnr_db(run_tflite(built["int8"], x), reference, data_range=spread)
     assert parity >= 35.0, parity
+
+
+class WideSkipConcat(nn.Module):
+    """A U-Net merge: a unit-range skip concatenated with a feature of ~100x its range, read by one conv."""
+
+    def __init__(self, shared: bool = False, groups: int = 1) -> None:
+        super().__init__()
+        self.skip, self.wide = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.merge = nn.Conv2d(12, 12, 3, padding=1, groups=groups)
+        self.shared = shared
+        with torch.no_grad():  # the merge weighs both inputs alike in the output, as a trained decoder would
+            self.merge.weight[:, 4 // groups:] *= 0.01
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.tanh(self.skip(x))
+        merged = torch.cat([skip, 100.0 * self.wide(x)], 1)
+        out = self.merge(merged)
+        return nn.functional.pixel_shuffle(out + merged[:, :12] if self.shared else out, 2)
+
+
+def test_concat_read_by_one_conv_is_split_exactly_and_other_concats_are_left(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    path = export_onnx(WideSkipConcat().eval(), tmp_path / "merge.onnx", SHAPE)
+    before = tmp_path / "before.onnx"
+    shutil.copy(path, before)
+    assert rewrite_for_xnnpack_int8(path) == {"Concat": 1}
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Concat" not in ops and ops.count("Conv") == 4 and ops.count("Add") == 1
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_allclose(_run(path, x), _run(before, x), rtol=1e-5, atol=1e-5)
+    for kept in (WideSkipConcat(shared=True), WideSkipConcat(groups=3)):  # two readers; a grouped conv
+        other = export_onnx(kept.eval(), tmp_path / "kept.onnx", SHAPE)
+        assert "Concat" not in rewrite_for_xnnpack_int8(other)
+
+
+@pytest.mark.slow
+def test_split_concat_gives_the_narrow_skip_its_own_int8_scale(tmp_path: Path) -> None:
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.runtime.parity import run_tflite
+    from distill.metrics import psnr_db
+
+    torch.manual_seed(0)
+    tied = export_onnx(WideSkipConcat().eval(), tmp_path / "tied.onnx", SHAPE)
+    split = tmp_path / "split.onnx"
+    shutil.copy(tied, split)
+    rewrite_for_xnnpack_int8(split, ops=["Concat"])
+    calibration = np.random.default_rng(1).random((8, *SHAPE[1:]), dtype=np.float32)
+    x = np.random.default_rng(3).random((2, *SHAPE[1:]), dtype=np.float32)
+    parity = {}
+    for name, path in (("tied", tied), ("split", split)):
+        built = convert_onnx_to_tflite(path, tmp_path / name, calibration, int8_io=False, modes=("int8",))
+        reference = run_tflite(built["fp32"], x)
+        parity[name] = psnr_db(run_tflite(built["int8"], x), reference, data_range=float(np.ptp(reference)))
+    # tied, the skip is rounded at the wide feature's step (~100x its own); split, at its own
+    assert parity["split"] >= parity["tied"] + 6.0, parity
