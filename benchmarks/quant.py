@@ -53,7 +53,7 @@ from benchmarks.quant_qat import qat_rows
 from benchmarks.report import cli, measured_on, paragraph, publish, setup, stamp, table
 from compress.export.tflite import convert_onnx_to_tflite
 from compress.export.tflite_inspect import tflite_ops
-from compress.quantization.aeq import aeq_int8, float_ops
+from compress.quantization.aeq import AEQAborted, aeq_int8, float_ops
 from compress.quantization.calibration import calibration_crops
 from compress.quantization.ranges import NORM_STATS_OPS, RangeSetting
 from compress.quantization.selective import SelectivePrecision
@@ -111,10 +111,16 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
 
     start = time.perf_counter()
     nhwc = frames.transpose(0, 2, 3, 1)
-    files["AEQ min/max"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int8.tflite")
+    aeq_builds: dict[str, tuple[str, tuple[str, ...]]] = {"AEQ min/max": ("int8", ())}
     if instance_norm:  # 16-bit activations where instance norm needs the range
-        files["AEQ min/max + int16 norm stats"] = aeq_int8(files["fp32"], nhwc, work / "aeq" / "int16_norm.tflite",
-                                                            int16_ops=AEQ_INT16_NORM_OPS)
+        aeq_builds["AEQ min/max + int16 norm stats"] = ("int16_norm", AEQ_INT16_NORM_OPS)
+    aeq_errors: dict[str, str] = {}
+    for label, (stem, int16_ops) in aeq_builds.items():
+        try:
+            files[label] = aeq_int8(files["fp32"], nhwc, work / "aeq" / f"{stem}.tflite", int16_ops=int16_ops)
+        except AEQAborted as exc:
+            aeq_errors[label] = str(exc)
+            print(f"{name}: {exc}", flush=True)
     timings["aeq_s"] = time.perf_counter() - start
     aeq_float_ops = {m: float_ops(p) for m, p in files.items() if m.startswith("AEQ")}
 
@@ -136,7 +142,8 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
             print(json.dumps(row), flush=True)
     summary = {"model": name, "steps": steps, "fp32_psnr_db": fp32_psnr["xnnpack"], "timings_s": timings,
                "ops": sorted(set(tflite_ops(files["fp32"]))),
-               "selective_float_layers": selective.result.float_layers if selective.result else None}
+               "selective_float_layers": selective.result.float_layers if selective.result else None,
+               "aeq_errors": aeq_errors}
     return rows, summary
 
 
@@ -245,6 +252,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     qat: list[dict[str, Any]] = []
+    previous = json.loads(RESULT.read_text()) if args.merge and RESULT.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.students or zoo():
             student_rows, summary = measure(name, args.steps, args.reuse, Path(tmp) / name, held, crops, frames)
@@ -254,19 +262,24 @@ def main() -> None:
             if not args.skip_qat and worst >= QAT_THRESHOLD_DB:
                 qat += qat_rows(name, args.steps, args.reuse, Path(tmp) / f"{name}_qat", held, frames,
                                 args.qat_seeds, copy.deepcopy(student_rows))
-    wall = time.perf_counter() - started
-    if args.merge and RESULT.exists():
+            # after every student: a crash later (a runtime abort) keeps what is measured
+            save(args.steps, time.perf_counter() - started, rows, summaries, qat, previous)
+
+
+def save(steps: int, wall: float, rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
+         qat: list[dict[str, Any]], previous: dict[str, Any] | None) -> None:
+    """Write quant.json and the docs table: these students' rows plus, with ``--merge``, the other students'."""
+    if previous is not None:
         done = {s["model"] for s in summaries}
-        previous = json.loads(RESULT.read_text())
         keep = [s["model"] for s in previous["summaries"] if s["model"] not in done]
         rows = [r for r in previous["rows"] if r["model"] in keep] + rows
         summaries = [s for s in previous["summaries"] if s["model"] in keep] + summaries
         qat = [q for q in previous.get("qat", []) if q["model"] in keep] + qat
         wall += previous["wall_s"]
     order = {name: i for i, name in enumerate(zoo())}
-    rows.sort(key=lambda r: order.get(r["model"], len(order)))
-    summaries.sort(key=lambda s: order.get(s["model"], len(order)))
-    result = stamp(steps=args.steps, wall_s=wall, rows=rows, summaries=summaries, best=best_methods(rows), qat=qat)
+    rows = sorted(rows, key=lambda r: order.get(r["model"], len(order)))
+    summaries = sorted(summaries, key=lambda s: order.get(s["model"], len(order)))
+    result = stamp(steps=steps, wall_s=wall, rows=rows, summaries=summaries, best=best_methods(rows), qat=qat)
     publish_result(result)
 
 
