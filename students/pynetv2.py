@@ -337,6 +337,8 @@ class PyNetV2Mobile(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"PyNET-V2 Mobile takes packed RAW (N, 4, H, W); got shape {tuple(x.shape)}")
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return  # int(shape) would pin a traced graph (QAT's torch.export) to the example's H and W
         h, w, m = int(x.shape[-2]), int(x.shape[-1]), self.input_multiple
         if h % m or w % m or h < self.min_input or w < self.min_input:
             raise ValueError(

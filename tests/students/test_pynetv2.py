@@ -310,3 +310,13 @@ def test_channel_plan_of_a_pruned_model_rebuilds() -> None:
     assert channel_plan(rebuilt) == plan
     rebuilt.load_state_dict(pruned.state_dict())
     torch.testing.assert_close(rebuilt.eval()(x), pruned.eval()(x))
+
+
+def test_an_exported_graph_keeps_its_input_size_free() -> None:
+    """QAT exports the model (torch.export, sizes AUTO) at the calibration size and trains it on smaller patches:
+    the input check must not pin the traced graph to the example's H and W."""
+    model = _tiny("pynetv2_mobile").eval()
+    dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    exported = torch.export.export(model, (torch.rand(1, 4, 32, 64),), dynamic_shapes=(dims,), strict=False)
+    x = torch.rand(1, 4, 32, 128)  # another width (QAT: 64x64 patches after 64x128 calibration frames)
+    assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
