@@ -2,7 +2,8 @@
 
 One tiny recipe (no teacher, no pruning, Smallnet width 8 at 32x32 packed) runs once with all variants,
 the x86 ones, QAT (learned ranges), MSE ranges, bias correction, spread calibration and selective precision;
-a second run in the same workdir reuses the student and fails the gate with impossible budgets.  Schema checks and the README rendering need no conversion.
+a second run in the same workdir reuses the student and fails the gate with impossible budgets.  Schema checks
+and the README rendering need no conversion.
 """
 from __future__ import annotations
 
