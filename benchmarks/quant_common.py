@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class Builds:
         out = {}
         for label, hook in self.hooks.items():
             produced = hook(factory, built, work)
-            path = work / f"{label}.tflite"
+            path = work / f"{re.sub(r'[^A-Za-z0-9_.+ -]+', '_', label)}.tflite"  # labels such as "QAT (min/max)"
             shutil.move(produced[hook.key], path)
             out[label] = path
         return out

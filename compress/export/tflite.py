@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def convert_onnx_to_tflite(
             ) from failure
         result: dict[str, Path] = {}
         for key, tmp_file in built.items():
-            final = out_dir / f"{onnx_path.stem}_{key}.tflite"
+            final = out_dir / f"{onnx_path.stem}_{re.sub(r'[^A-Za-z0-9_.+ -]+', '_', key)}.tflite"  # key "a/b"
             os.replace(tmp_file, final)
             result[key] = final
         return result
