@@ -80,6 +80,15 @@ def colour_histogram_loss(pred: torch.Tensor, target: torch.Tensor, bins: int = 
     return diff.abs().sum(dim=-1).mean()
 
 
+def normalised_mse(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MSE between feature maps each scaled to unit RMS per sample: matches the pattern, not the magnitude,
+    so a feature-KD weight (beta) means the same at every layer and for every teacher."""
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.pow(2).mean(dim=tuple(range(1, x.ndim)), keepdim=True).add(eps).sqrt()
+
+    return F.mse_loss(unit(pred), unit(target))
+
+
 LOSSES: dict[str, LossFn] = {
     "l1": F.l1_loss,
     "mse": F.mse_loss,
@@ -87,6 +96,7 @@ LOSSES: dict[str, LossFn] = {
     "ssim": ssim_loss,
     "ms_ssim": ms_ssim_loss,
     "cosine": cosine_loss,
+    "nmse": normalised_mse,
     "histogram": colour_histogram_loss,
 }
 

@@ -164,7 +164,7 @@ class FeaturePairSpec(Strict):
     """One feature-KD term: the student's tapped module output (through an adapter) vs the teacher's."""
     student: str = Field(description="student module path, e.g. up2")
     teacher: str = Field(description="teacher module path, e.g. up1")
-    loss: LossName = Field("mse", description="mse (the LW-ISP paper's L2), l1, cosine, ...")
+    loss: LossName = Field("mse", description="mse (the LW-ISP paper's L2), nmse (unit-RMS L2), l1, cosine, ...")
     weight: float = Field(1.0, ge=0)
 
 

@@ -158,3 +158,15 @@ def test_histogram_loss_is_differentiable() -> None:
     small = torch.rand(1, 2, 2, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
     ref = torch.rand(1, 2, 2, 3, generator=gen, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: colour_histogram_loss(x, ref, bins=8), (small,))
+
+
+def test_normalised_mse_ignores_magnitude_per_sample_and_keeps_pattern() -> None:
+    nmse = get_loss("nmse")
+    a = torch.tensor([[[[1.0, -1.0], [1.0, -1.0]]], [[[2.0, 0.0], [0.0, 2.0]]]])
+    scaled = a * torch.tensor([10.0, 0.5]).view(2, 1, 1, 1)  # each sample its own scale
+    assert float(nmse(scaled, a)) == pytest.approx(0.0, abs=1e-9)
+    # unit RMS: [1,-1,1,-1] vs [1,1,-1,-1] differ by 2 in two of four places -> 2.0; the second sample
+    # [sqrt2,0,0,sqrt2] vs itself -> 0; the batch mean is 1.0, whatever the plain MSE says
+    b = torch.tensor([[[[1.0, 1.0], [-1.0, -1.0]]], [[[2.0, 0.0], [0.0, 2.0]]]]) * 3.0
+    assert float(nmse(a, b)) == pytest.approx(1.0, abs=1e-6)
+    assert float(torch.nn.functional.mse_loss(a, b)) != pytest.approx(1.0)

@@ -30,3 +30,19 @@ def test_unknown_student_lists_known_names() -> None:
 def test_wrong_config_key_names_the_model() -> None:
     with pytest.raises(TypeError, match="student 'smallnet'"):
         create_student("smallnet", depth=3)
+
+
+@pytest.mark.parametrize("name", ["smallnet", "smallnet_mialgo"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_every_output_channel_starts_alive_at_mid_grey(name: str, batch_norm: bool) -> None:
+    """No channel before the last ReLU may start dead (the 1-in-3 collapse).  Plain convs start at 0.5
+    everywhere; with BatchNorm each channel is N(0.5, 1) over a batch, so about 69 % of it is alive."""
+    x = torch.rand(2, 4, 16, 16)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = create_student(name, batch_norm=batch_norm).train()
+        pre_relu = model.bn3(model.conv3(model.act2(model.bn2(model.conv2(model.act1(model.bn1(model.conv1(x))))))))
+        alive = (pre_relu > 0).float().mean(dim=(0, 2, 3))
+        assert bool((alive > (0.6 if batch_norm else 0.95)).all()), f"seed {seed}: alive fractions {alive.tolist()}"
+        if not batch_norm:
+            assert float(model(x).mean()) == pytest.approx(0.5, abs=0.15)
