@@ -27,8 +27,8 @@ Groups and variants:
 * ``smallnet`` (Smallnet width 16, 4.6 K parameters; teacher PUNET width 8, 3000 steps at lr 3e-4):
   output KD; output KD + unpaired RAW (the teacher labels extra RAW renderings of the training
   scenes, ``distill.data.unpaired``); once-for-all (ENERZAI, no teacher);
-* ``smallnet_wide``: the same student and KD variants taught by Smallnet itself at width 64 (46 K
-  parameters), 3000 steps at lr 1e-3: more capacity with the same local receptive field;
+* ``smallnet_wide``: the same student and KD variants taught by ``smallnet_wide`` (Smallnet at width 64,
+  46 K parameters), 3000 steps at lr 1e-3: more capacity with the same local receptive field;
 * ``lwisp`` (LW-ISP width 0.25; teacher the clean-image LW-ISP body on J): heterogeneous KD (up2/up3/
   up4 <- up1/up2/up3, the paper's setting) at several beta (the paper's Fig. 6 sweep), with the
   paper's L2 and with normalised L2 (``nmse``: each feature map scaled to unit RMS first);
@@ -77,7 +77,6 @@ class TeacherSpec:
     config: dict[str, Any]
     train: dict[str, Any]
     clean_image: bool = False  # trained and scored on J -> J (the LW-ISP clean-image teacher)
-    zoo: str = "teachers"  # or "students": a wider copy of a student can teach it too
 
 
 @dataclass
@@ -125,8 +124,8 @@ def groups(scale: float) -> dict[str, Group]:
              Variant("once-for-all", "once_for_all", ofa={"threshold_db": 24.0, "head_width": 16, "blocks": 2})]),
         "smallnet_wide": Group(
             "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
-            TeacherSpec("smallnet", {"width": 64}, {"steps": steps(3000), "lr": 1e-3, "batch_size": 4,
-                                                    "losses": smallnet_loss}, zoo="students"),
+            TeacherSpec("smallnet_wide", {"width": 64}, {"steps": steps(3000), "lr": 1e-3, "batch_size": 4,
+                                                         "losses": smallnet_loss}),
             [Variant("alone", "baseline"),
              Variant("output KD", "output_kd", {"output_weight": 0.5, "output_loss": "l1"}),
              Variant("output KD + unpaired RAW", "unpaired_kd", {"output_weight": 0.5, "output_loss": "l1"},
@@ -162,11 +161,10 @@ def per_image_psnr(model: torch.nn.Module, pairs: list[Any], task: Task = DEFAUL
 def _teacher(spec: TeacherSpec, cache: Path, train_pairs: list[Any], held_out: list[Any]
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The teacher trained once (seed 0) or loaded from ``cache``, and its summary (held-out PSNR, cost)."""
-    key = json.dumps([spec.model, spec.config, spec.train, spec.clean_image, PATCH, PATCHES_PER_IMAGE]
-                     + ([spec.zoo] if spec.zoo != "teachers" else []), sort_keys=True)
+    key = json.dumps([spec.model, spec.config, spec.train, spec.clean_image, PATCH, PATCHES_PER_IMAGE], sort_keys=True)
     stem = cache / f"{spec.model}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     torch.manual_seed(0)
-    model = (TEACHERS if spec.zoo == "teachers" else STUDENTS).create(spec.model, **spec.config)
+    model = TEACHERS.create(spec.model, **spec.config)
     task = Task(clean_image=spec.clean_image)
     weights, info = stem.with_suffix(".pt"), stem.with_suffix(".json")
     if weights.is_file() and info.is_file():
