@@ -27,6 +27,10 @@ Groups and variants:
 * ``smallnet`` (Smallnet width 16, 4.6 K parameters; teacher PUNET width 8, 3000 steps at lr 3e-4):
   output KD; output KD + unpaired RAW (the teacher labels extra RAW renderings of the training
   scenes, ``distill.data.unpaired``); once-for-all (ENERZAI, no teacher);
+* ``smallnet_ofa``: once-for-all with later detach thresholds (25.5 and 27 dB: the head stays longer);
+* ``smallnet_hetero``: the LW-ISP paper's heterogeneous clean-image KD on Smallnet: the teacher is
+  Smallnet's body on J -> J (``smallnet_clean``, the paper's Eq. 7 loss), its hidden layers ``act1``,
+  ``act2`` (at 2H) matched by the student's (at H, through adapters), the same beta sweep;
 * ``smallnet_wide``: the same student and KD variants taught by ``smallnet_wide`` (Smallnet at width 64,
   46 K parameters), 3000 steps at lr 1e-3: more capacity with the same local receptive field;
 * ``lwisp`` (LW-ISP width 0.25; teacher the clean-image LW-ISP body on J): heterogeneous KD (up2/up3/
@@ -102,10 +106,13 @@ HETERO_PAIRS = [("up2", "up1"), ("up3", "up2"), ("up4", "up3")]
 HETERO_BETAS = {"mse": (0.1, 0.3, 1.0), "nmse": (0.3,)}  # nmse terms start near 1, L2 ones far lower
 
 
-def _hetero(beta: float, loss: str) -> Variant:
+SMALLNET_HETERO_PAIRS = [("act1", "act1"), ("act2", "act2")]  # the hidden layers: student at H, teacher at 2H
+
+
+def _hetero(beta: float, loss: str, pairs: list[tuple[str, str]] = HETERO_PAIRS) -> Variant:
     label = "L2" if loss == "mse" else "normalised L2"
     return Variant(f"heterogeneous KD ({label}, beta {beta:g})", f"hetero_{loss}",
-                   {"pairs": [(s, t, loss) for s, t in HETERO_PAIRS], "feature_weight": beta,
+                   {"pairs": [(s, t, loss) for s, t in pairs], "feature_weight": beta,
                     "teacher_input": "target"}, beta=beta)
 
 
@@ -122,6 +129,18 @@ def groups(scale: float) -> dict[str, Group]:
              Variant("output KD + unpaired RAW", "unpaired_kd", {"output_weight": 0.5, "output_loss": "l1"},
                      unpaired={"weight": 1.0, "batch": 8}),
              Variant("once-for-all", "once_for_all", ofa={"threshold_db": 24.0, "head_width": 16, "blocks": 2})]),
+        "smallnet_ofa": Group(
+            "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
+            None,
+            [Variant("alone", "baseline"),
+             *(Variant(f"once-for-all (detach at {db:g} dB)", "once_for_all",
+                       ofa={"threshold_db": db, "head_width": 16, "blocks": 2}) for db in (25.5, 27.0))]),
+        "smallnet_hetero": Group(
+            "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
+            TeacherSpec("smallnet_clean", {"width": 16}, {"steps": steps(1500), "lr": 1e-3, "batch_size": 4,
+                                                          "losses": {"mse": 1.0, "ms_ssim": 0.4}}, clean_image=True),
+            [Variant("alone", "baseline"),
+             *(_hetero(beta, loss, SMALLNET_HETERO_PAIRS) for loss, betas in HETERO_BETAS.items() for beta in betas)]),
         "smallnet_wide": Group(
             "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
             TeacherSpec("smallnet_wide", {"width": 64}, {"steps": steps(3000), "lr": 1e-3, "batch_size": 4,
@@ -255,6 +274,10 @@ def run_group(name: str, group: Group, seeds: list[int], scale: float, cache: Pa
     return summary, rows
 
 
+def rows_of(rows: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["group"] == group]
+
+
 def plot_beta_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     """Gain vs beta with its 95 % interval, one line per feature loss (the LW-ISP paper's Fig. 6)."""
     import matplotlib  # noqa: PLC0415  (only the publishing run needs it)
@@ -263,8 +286,10 @@ def plot_beta_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method, label in (("hetero_mse", "L2 (paper)"), ("hetero_nmse", "normalised L2")):
-        points = sorted((r["beta"], r["gain_db_mean"], r["gain_db_ci95"]) for r in rows
+    lines = sorted({(r["group"], r["method"]) for r in rows if r["method"].startswith("hetero")})
+    for group, method in lines:
+        label = f"{rows_of(rows, group)[0]['student']}, {'L2 (paper)' if method == 'hetero_mse' else 'normalised L2'}"
+        points = sorted((r["beta"], r["gain_db_mean"], r["gain_db_ci95"]) for r in rows_of(rows, group)
                         if r["method"] == method and r["gain_db_mean"] is not None)
         if not points:
             continue
@@ -273,7 +298,7 @@ def plot_beta_sweep(rows: list[dict[str, Any]], path: Path) -> None:
                   [p[2][1] - m for m, p in zip(means, points, strict=True)]]
         ax.errorbar(betas, means, yerr=errors, marker="o", capsize=3, label=label)
     ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set(xscale="log", xlabel="beta (weight of L_d)", ylabel="gain over LW-ISP alone (dB)",
+    ax.set(xscale="log", xlabel="beta (weight of L_d)", ylabel="gain over the student alone (dB)",
            title="Heterogeneous KD: beta sweep (95 % CI over seeds)")
     ax.legend()
     fig.tight_layout()
