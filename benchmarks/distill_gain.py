@@ -228,8 +228,9 @@ def _run(group: Group, variant: Variant, seed: int, teacher: torch.nn.Module | N
     start = time.perf_counter()
     train(student, data, TrainSpec(**group.train, log_every=10_000), seed=seed, kd=kd, ofa=ofa,
           desc=f"{group.student} {variant.name} seed {seed}")
+    train_s = time.perf_counter() - start
     scores = per_image_psnr(student, held_out)
-    run = {"seed": seed, "psnr": statistics.mean(scores), "per_image": scores, "train_s": time.perf_counter() - start}
+    run = {"seed": seed, "psnr": statistics.mean(scores), "per_image": scores, "train_s": train_s}
     if ofa is not None:
         run["ofa_detached_step"] = int(ofa.summary()["ofa_detached_step"])
     print(f"{group.student:16s} {variant.name:40s} seed {seed}: {run['psnr']:.2f} dB", flush=True)

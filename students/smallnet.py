@@ -14,6 +14,8 @@ A block folds its own BatchNorm (``convN.norm``), so ``conv_bn_pairs`` is empty 
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -66,9 +68,8 @@ class Smallnet(nn.Module):
         # scale 1 (the clean-image teacher body): no shuffle at all, TFLite has no 1x1 depth-to-space
         self.shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
         if block == "conv":
-            output_bias = self.bn3.bias if batch_norm else self.conv3.bias
-            with torch.no_grad():
-                output_bias.fill_(OUTPUT_BIAS)
+            output_layer = self.bn3 if batch_norm else self.conv3
+            nn.init.constant_(cast(torch.Tensor, output_layer.bias), OUTPUT_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
