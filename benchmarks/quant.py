@@ -131,7 +131,12 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
         if method == "fp32":
             continue
         for rt in RUNTIMES:
-            out = held.run(path, rt)
+            # AEQ's models run in a child process: LiteRT crashed natively on one (Smallnet-JMU)
+            out = held.run_isolated(path, rt) if method.startswith("AEQ") else held.run(path, rt)
+            if out is None:
+                aeq_errors[f"{method}, {rt}"] = f"LiteRT aborted running {path.name} on {rt} kernels"
+                print(f"{name}: {aeq_errors[f'{method}, {rt}']}", flush=True)
+                continue
             row = {"model": name, "runtime": rt, "method": method, "psnr_db": held.psnr(out),
                    "psnr_drop_db": fp32_psnr[rt] - held.psnr(out), "parity_db": psnr_db(out, reference[rt])}
             if method == "mse + selective" and selective.result is not None:
@@ -167,6 +172,13 @@ def best_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _cell(by: dict[tuple[str, str, str], dict[str, Any]], model: str, method: str) -> str:
+    """'drop / parity' on XNNPACK; on builtin kernels ('-' for a runtime without a row, e.g. a LiteRT abort)."""
+    values = [f"{by[(model, rt, method)]['psnr_drop_db']:+.3f} / {by[(model, rt, method)]['parity_db']:.1f}"
+              if (model, rt, method) in by else "-" for rt in RUNTIMES]
+    return "-" if values == ["-"] * len(RUNTIMES) else "; ".join(values)
+
+
 def publish_result(result: dict[str, Any]) -> None:
     best = result["best"]
     rows = table(["student", "runtime", "min/max drop dB", "best all-INT8 method", "drop dB", "best recipe method",
@@ -179,8 +191,7 @@ def publish_result(result: dict[str, Any]) -> None:
     rows += ["", "Every method: PSNR drop vs the fp32 TFLite model (dB) / parity with it (dB), XNNPACK then "
              "builtin kernels:", "",
              *table(["student", *methods],
-                    ([m, *("; ".join(f"{by[(m, rt, meth)]['psnr_drop_db']:+.3f} / {by[(m, rt, meth)]['parity_db']:.1f}"
-                                     for rt in RUNTIMES if (m, rt, meth) in by) or "-" for meth in methods)]
+                    ([m, *(_cell(by, m, meth) for meth in methods)]
                      for m in dict.fromkeys(r["model"] for r in result["rows"])))]
     if result.get("qat"):
         rows += ["", "QAT with learned ranges vs the same fine-tune without fake quantization (control), "

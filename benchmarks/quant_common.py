@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,17 @@ class Photos:
 
     def run(self, path: Path, runtime: str) -> np.ndarray:
         return run_tflite(path, self.raw, builtin=runtime == "builtin")
+
+    def run_isolated(self, path: Path, runtime: str) -> np.ndarray | None:
+        """``run`` in a child process; ``None`` when LiteRT dies natively there.
+
+        Smallnet-JMU's AI Edge Quantizer model ended the whole benchmark ("free(): double free") when run
+        in-process: a crash here costs one row, not every student measured after it."""
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                return pool.submit(run_tflite, path, self.raw, 2, runtime == "builtin").result()
+            except BrokenProcessPool:
+                return None
 
 
 def trained(name: str, steps: int, reuse: Path | None, seed: int = 0) -> torch.nn.Module:
