@@ -28,10 +28,21 @@ def test_mialgo_is_smallnet_with_12_channels_and_3060_parameters() -> None:
 def test_jmu_adds_six_curve_parameters_and_timm_cbam_to_smallnet() -> None:
     model = create_student("smallnet_jmu")
     assert isinstance(model, Smallnet) and isinstance(model.cbam, CbamModule)
-    assert _params(model.cbam) == 118  # MLP 3->3->3 (18), 7x7 conv 2->1 (98), its BatchNorm (2)
-    assert _params(model) == 4_652 + 3 + 3 + 118 == 4_776
-    assert _params(create_student("smallnet_jmu", width=6)) == 1_336
-    assert _params(create_student("smallnet_jmu", cbam_hidden=1).cbam) == 106  # CBAM's own 1/16 reduction
+    assert _params(model.cbam) == 124  # MLP 3->3->3 with biases (24), 7x7 conv 2->1 (98), its BatchNorm (2)
+    assert _params(model) == 4_652 + 3 + 3 + 124 == 4_782
+    assert _params(create_student("smallnet_jmu", width=6)) == 1_342
+    assert _params(create_student("smallnet_jmu", cbam_hidden=1).cbam) == 110  # CBAM's own 1/16 reduction
+
+
+def test_jmu_cbam_gates_start_open() -> None:
+    """At timm's init CBAM's two gates halve the image each; here they pass ~0.9 of it."""
+    torch.manual_seed(0)
+    model = create_student("smallnet_jmu").train()  # BatchNorm on batch statistics, as in the first steps
+    rgb = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ratio = model.cbam(rgb) / rgb.clamp_min(1e-6)
+        assert float(ratio.mean()) >= 0.85 and float(ratio.flatten().quantile(0.01)) >= 0.7  # timm init: ~0.25
+        assert float(model.eval().cbam(rgb).div(rgb.clamp_min(1e-6)).mean()) >= 0.85  # and on running statistics
 
 
 def test_registry_records_reported_sizes_not_parameter_counts() -> None:
