@@ -28,6 +28,9 @@ Groups and variants:
   output KD; output KD + unpaired RAW (the teacher labels extra RAW renderings of the training
   scenes, ``distill.data.unpaired``); once-for-all (ENERZAI, no teacher);
 * ``smallnet_ofa``: once-for-all with later detach thresholds (25.5 and 27 dB: the head stays longer);
+* ``smallnet_ofa_long``: the same student for 2000 steps alone, with once-for-all (detach at 26 dB), and with
+  once-for-all whose detached super-network then teaches the fine-tune on the paired crops and on unpaired
+  RAW (``OnceForAll(distill=...)``: no separate teacher);
 * ``smallnet_hetero``: the LW-ISP paper's heterogeneous clean-image KD on Smallnet: the teacher is
   Smallnet's body on J -> J (``smallnet_clean``, the paper's Eq. 7 loss), its hidden layers ``act1``,
   ``act2`` (at 2H) matched by the student's (at H, through adapters), the same beta sweep;
@@ -89,6 +92,7 @@ class Variant:
     method: str  # the method's family, for the docs' "which method when" (baseline, output_kd, ...)
     kd: dict[str, Any] | None = None  # Distiller keyword arguments (pairs as (student, teacher, loss))
     unpaired: dict[str, Any] | None = None  # {"weight": w, "batch": n}: output KD on unpaired RAW too
+    # (with ofa: the detached super-net labels it; its batch is ofa["unpaired_batch"])
     ofa: dict[str, Any] | None = None  # OnceForAll keyword arguments (trunk_tap from the student)
     beta: float | None = None  # the heterogeneous loss weight, for the sweep plot
 
@@ -135,6 +139,15 @@ def groups(scale: float) -> dict[str, Group]:
             [Variant("alone", "baseline"),
              *(Variant(f"once-for-all (detach at {db:g} dB)", "once_for_all",
                        ofa={"threshold_db": db, "head_width": 16, "blocks": 2}) for db in (25.5, 27.0))]),
+        "smallnet_ofa_long": Group(
+            "smallnet", {"width": 16}, {"steps": steps(2000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
+            None,
+            [Variant("alone", "baseline"),
+             Variant("once-for-all (detach at 26 dB)", "once_for_all",
+                     ofa={"threshold_db": 26.0, "head_width": 16, "blocks": 2}),
+             Variant("once-for-all + detached super-net KD + unpaired RAW", "once_for_all_kd",
+                     ofa={"threshold_db": 26.0, "head_width": 16, "blocks": 2, "distill": 1.0,
+                          "unpaired_batch": 8}, unpaired={"weight": 1.0, "batch": 8})]),
         "smallnet_hetero": Group(
             "smallnet", {"width": 16}, {"steps": steps(1000), "lr": 3e-3, "batch_size": 4, "losses": smallnet_loss},
             TeacherSpec("smallnet_clean", {"width": 16}, {"steps": steps(1500), "lr": 1e-3, "batch_size": 4,
@@ -223,7 +236,8 @@ def _run(group: Group, variant: Variant, seed: int, teacher: torch.nn.Module | N
     if variant.ofa is not None:
         tap = STUDENTS.info(group.student).trunk_tap
         assert tap is not None, f"{group.student} declares no trunk_tap"
-        ofa = OnceForAll(tap, **variant.ofa, seed=seed)
+        unpaired = UnpairedRaw(train_pairs, PATCH, seed=seed, sensor=embedded_sensor(0)) if variant.unpaired else None
+        ofa = OnceForAll(tap, **variant.ofa, seed=seed, unpaired=unpaired)
     data = PairedPatchDataset(train_pairs, patch_size=PATCH, patches_per_image=PATCHES_PER_IMAGE, seed=seed)
     start = time.perf_counter()
     train(student, data, TrainSpec(**group.train, log_every=10_000), seed=seed, kd=kd, ofa=ofa,

@@ -8,6 +8,15 @@ RDN), then a conv and a pixel shuffle up to the output resolution, then a sigmoi
 so the trunk learns from both tops; once the super-network's PSNR passes ``threshold_db`` it is
 detached and the sub-network fine-tunes alone for the remaining steps.
 
+**Distillation from the detached super-network** (``distill > 0``; the Once-for-All paper, Cai et al. 2019,
+which ENERZAI's scheme cites, trains its sub-networks by distillation from the largest one).  At the detach
+the super-network (the trunk as it is then, frozen, and the head) becomes the student's teacher for the
+fine-tune: its output supervises the student's (L1) on the paired batch and, with an ``unpaired`` RAW
+source, on a batch of RAW without targets that it labels -- a teacher that costs no separate training run.
+The term is on only while the super-network's PSNR average (on the training batches) is above the
+student's (a teacher worse than its student cannot help: the distillation benchmark's rule); logged
+``ofa_distill`` (the paired L1), ``ofa_unpaired`` and ``ofa_sub_psnr`` (the student's average).
+
 The head is never part of the student: it reads the trunk through a forward hook on the module path
 the student declares (``ModelInfo.trunk_tap``, or the recipe's ``trunk_tap``), so the saved, pruned,
 folded and exported student has exactly its own weights.
@@ -22,6 +31,7 @@ attached or detached exactly as it stopped.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -29,9 +39,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from distill import distributed
+from distill.data.unpaired import UnpairedRaw
 from distill.metrics import psnr
 from distill.taps import FeatureTaps
 
@@ -83,6 +95,21 @@ class SuperHead(nn.Module):
         return torch.sigmoid(self.shuffle(self.to_rgb(x)))
 
 
+class SuperNetwork(nn.Module):
+    """A (frozen) student trunk + super head as one RAW -> RGB network: the detached super-network."""
+
+    def __init__(self, trunk: nn.Module, trunk_tap: str, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.head = trunk.eval().requires_grad_(False), head
+        self.taps = FeatureTaps(self.trunk, [trunk_tap], owner="super-network trunk")
+        self.trunk_tap = trunk_tap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.taps:
+            self.trunk(x)
+        return self.head(self.taps.collect()[self.trunk_tap])
+
+
 class OnceForAll:
     """The detachable super-network head on a student's trunk, its loss and the detach rule.
 
@@ -93,9 +120,20 @@ class OnceForAll:
     """
 
     def __init__(self, trunk_tap: str, *, threshold_db: float, head_width: int = 16, blocks: int = 2,
-                 weight: float = 1.0, ema: float = PSNR_EMA, seed: int = 0) -> None:
+                 weight: float = 1.0, ema: float = PSNR_EMA, seed: int = 0, distill: float = 0.0,
+                 unpaired: UnpairedRaw | None = None, unpaired_batch: int = 4) -> None:
         if not weight > 0:
             raise ValueError(f"once-for-all weight must be > 0; got {weight}")
+        if not distill >= 0:
+            raise ValueError(f"once-for-all distill weight must be >= 0; got {distill}")
+        if unpaired is not None and distill == 0:
+            raise ValueError("once-for-all unpaired RAW is labelled by the detached super-network: set distill > 0")
+        if unpaired_batch < 1:
+            raise ValueError(f"once-for-all unpaired_batch must be >= 1; got {unpaired_batch}")
+        self.distill, self.unpaired, self.unpaired_batch = float(distill), unpaired, int(unpaired_batch)
+        self.sub_psnr_ema: float | None = None
+        self.frozen: SuperNetwork | None = None  # built at the first step after the detach
+        self._pending_trunk: dict[str, torch.Tensor] | None = None  # a resumed run's frozen trunk
         if not 0 <= ema < 1:
             raise ValueError(f"once-for-all PSNR average weight must be in [0, 1); got {ema}")
         if math.isnan(threshold_db):
@@ -157,27 +195,80 @@ class OnceForAll:
         detaches at ``step`` when it reaches ``threshold_db``.  Logged: ``ofa_super`` (the super loss),
         ``ofa_super_psnr`` (the average) and, at the detach step, ``ofa_detached_step``."""
         term, _ = criterion(pred, target)
-        batch_psnr = torch.tensor(psnr(pred.detach(), target), dtype=torch.float64)
-        if distributed.info().enabled:
-            batch_psnr = batch_psnr.to(pred.device)
-            dist.all_reduce(batch_psnr)
-            batch_psnr = batch_psnr.cpu() / distributed.info().world_size
-        value = float(batch_psnr)
-        self.psnr_ema = value if self.psnr_ema is None else self.ema * self.psnr_ema + (1 - self.ema) * value
+        self.psnr_ema = self._average(pred, target, self.psnr_ema)
         parts = {"ofa_super": float(term.detach()), "ofa_super_psnr": self.psnr_ema}
         if self.psnr_ema >= self.threshold_db:
             self.detached_step = step
             parts["ofa_detached_step"] = float(step)
         return self.weight * term, parts
 
+    def _average(self, pred: torch.Tensor, target: torch.Tensor, previous: float | None) -> float:
+        """The PSNR moving average after this batch (the batch PSNR averaged over DDP ranks)."""
+        batch_psnr = torch.tensor(psnr(pred.detach(), target), dtype=torch.float64)
+        if distributed.info().enabled:
+            batch_psnr = batch_psnr.to(pred.device)
+            dist.all_reduce(batch_psnr)
+            batch_psnr = batch_psnr.cpu() / distributed.info().world_size
+        value = float(batch_psnr)
+        return value if previous is None else self.ema * previous + (1 - self.ema) * value
+
+    def distill_loss(self, student: nn.Module, x: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
+                     step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Distillation from the detached super-network, for one step after the detach (zero before):
+        ``distill * (L1(pred, super(x)) + L1(student(raw), super(raw)))``, the second term on unpaired batch
+        ``step`` when there is an unpaired source; zero while the super-network's average PSNR is not above
+        the student's.  ``super`` is the trunk and head as they were at the detach, frozen."""
+        if self.distill == 0:
+            return pred.new_zeros(()), {}
+        self.sub_psnr_ema = self._average(pred, target, self.sub_psnr_ema)
+        parts = {"ofa_sub_psnr": self.sub_psnr_ema}
+        if not self.detached:
+            return pred.new_zeros(()), parts
+        teacher = self._teacher(student)
+        with torch.no_grad():
+            label = teacher(x).float()
+        self.psnr_ema = self._average(label, target, self.psnr_ema)
+        parts["ofa_super_psnr"] = self.psnr_ema
+        if self.psnr_ema <= self.sub_psnr_ema:
+            return pred.new_zeros(()), parts
+        term = F.l1_loss(pred.float(), label)
+        parts["ofa_distill"] = float(term.detach())
+        if self.unpaired is not None:
+            raw = torch.from_numpy(self.unpaired.batch(step, self.unpaired_batch, rank=distributed.info().rank))
+            raw = raw.to(x.device)
+            if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                raw = raw.contiguous(memory_format=torch.channels_last)  # as the paired batches
+            with torch.no_grad():
+                unpaired_label = teacher(raw).float()
+            unpaired_term = F.l1_loss(student(raw).float(), unpaired_label)
+            parts["ofa_unpaired"] = float(unpaired_term.detach())
+            term = term + unpaired_term
+        return self.distill * term, parts
+
+    def _teacher(self, student: nn.Module) -> SuperNetwork:
+        """The super-network frozen at the detach: a copy of the student's trunk as it was then (or as a
+        resumed checkpoint saved it) and the head, which stops training at the detach anyway."""
+        if self.frozen is None:
+            trunk = copy.deepcopy(student)
+            if self._pending_trunk is not None:
+                trunk.load_state_dict(self._pending_trunk)
+                self._pending_trunk = None
+            self.frozen = SuperNetwork(trunk, self.trunk_tap, self.head)
+        return self.frozen
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the head's weights, the PSNR average and the detach step (-1: attached)."""
+        trunk = self.frozen.trunk.state_dict() if self.frozen is not None else self._pending_trunk
         return {"head": self.head.state_dict(), "psnr_ema": float("nan") if self.psnr_ema is None else self.psnr_ema,
-                "detached_step": -1 if self.detached_step is None else self.detached_step}
+                "sub_psnr_ema": float("nan") if self.sub_psnr_ema is None else self.sub_psnr_ema,
+                "detached_step": -1 if self.detached_step is None else self.detached_step, "frozen_trunk": trunk}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["head"])
         self.psnr_ema = None if math.isnan(state["psnr_ema"]) else float(state["psnr_ema"])
+        sub = float(state.get("sub_psnr_ema", float("nan")))  # absent in checkpoints written before distill
+        self.sub_psnr_ema = None if math.isnan(sub) else sub
+        self.frozen, self._pending_trunk = None, state.get("frozen_trunk")
         self.detached_step = None if int(state["detached_step"]) < 0 else int(state["detached_step"])
 
     def summary(self) -> dict[str, float]:

@@ -173,6 +173,11 @@ class _TrainStep(nn.Module):
         if unpaired is not None:
             parts.update(unpaired[1])
             loss = loss + unpaired[0]
+        if ofa is not None and ofa.distill > 0:  # the detached super-network's distillation (zero before)
+            with self._autocast():
+                distill_loss, distill_parts = ofa.distill_loss(self.model, x, _to_float(pred), target, step)
+            parts.update(distill_parts)
+            loss = loss + distill_loss.float()
         if ofa is not None and super_pred is not None:
             super_loss, super_parts = ofa.loss(_to_float(super_pred), target, self._criterion, step)
             parts.update(super_parts)

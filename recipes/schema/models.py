@@ -194,12 +194,26 @@ class OnceForAllSpec(Strict):
     weight: float = Field(1.0, gt=0, description="weight of the super-net's loss (the student's train.losses)")
     trunk_tap: str | None = Field(None, description="module path where the student's trunk ends; default: the "
                                   "student's declared ModelInfo.trunk_tap")
+    distill: float = Field(0.0, ge=0, description="after the detach, the super-net as it was then (frozen) "
+                           "teaches the student's fine-tune: L1 to its output, this weight, while its training "
+                           "PSNR is above the student's (the Once-for-All paper's distillation); 0: off")
+    unpaired_raw: bool = Field(False, description="with distill: the frozen super-net also labels a batch of "
+                               "unpaired RAW each fine-tune step (as student.distill.unpaired_raw, no teacher "
+                               "needed); batch: student.distill.unpaired_batch or train.batch_size")
 
     @field_validator("threshold_db")
     @classmethod
     def _a_number(cls, value: float) -> float:
         if value != value:  # NaN
             raise ValueError("must be a number of dB (.inf: never detach)")
+        return value
+
+    @field_validator("unpaired_raw")
+    @classmethod
+    def _unpaired_needs_distill(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("distill", 0.0) == 0:  # distill is declared (so validated) first
+            raise ValueError("the super-net labels the unpaired RAW through in-place distillation: set "
+                             "once_for_all.distill > 0 (e.g. 0.5)")
         return value
 
 

@@ -32,12 +32,7 @@ def make_distiller(ctx: RunContext) -> Distiller | None:
     if cfg.cache:
         tags = (teacher_input, "output" if cfg.output_kd > 0 else "", *sorted(p.teacher for p in pairs or ()))
         cache = TeacherCache(ctx.workdir / "teacher_cache", teacher, tags=tags)
-    unpaired = None
-    if cfg.unpaired_raw > 0:
-        data = ctx.recipe.data
-        sensor = embedded_sensor(ctx.recipe.seed) if data.kind == "embedded" else None
-        unpaired = UnpairedRaw(ctx.data.train_pairs, data.patch_size, seed=ctx.recipe.seed, pattern=data.pattern,
-                               sensor=sensor)
+    unpaired = unpaired_source(ctx) if cfg.unpaired_raw > 0 else None
     return Distiller(teacher, output_weight=cfg.output_kd, output_loss=cfg.loss, pairs=pairs,
                      feature_weight=features.weight if features else 0.0,
                      feature_loss=features.loss if features else "mse",
@@ -46,13 +41,24 @@ def make_distiller(ctx: RunContext) -> Distiller | None:
                      unpaired_batch=cfg.unpaired_batch or ctx.recipe.student.train.batch_size)
 
 
+def unpaired_source(ctx: RunContext) -> UnpairedRaw:
+    """Unpaired RAW of the training photos (embedded data: their one sensor; other data: a camera per patch)."""
+    data = ctx.recipe.data
+    sensor = embedded_sensor(ctx.recipe.seed) if data.kind == "embedded" else None
+    return UnpairedRaw(ctx.data.train_pairs, data.patch_size, seed=ctx.recipe.seed, pattern=data.pattern,
+                       sensor=sensor)
+
+
 def make_once_for_all(ctx: RunContext) -> OnceForAll | None:
     """The recipe's once-for-all super-net head (``student.distill.once_for_all``), or None when it is off."""
-    cfg, tap = ctx.recipe.student.distill.once_for_all, ctx.recipe.once_for_all_tap
+    distill = ctx.recipe.student.distill
+    cfg, tap = distill.once_for_all, ctx.recipe.once_for_all_tap
     if cfg is None or tap is None:  # the schema refuses once_for_all without a trunk tap
         return None
     return OnceForAll(tap, threshold_db=cfg.threshold_db, head_width=cfg.head_width, blocks=cfg.blocks,
-                      weight=cfg.weight, seed=ctx.recipe.seed + 1)
+                      weight=cfg.weight, seed=ctx.recipe.seed + 1, distill=cfg.distill,
+                      unpaired=unpaired_source(ctx) if cfg.unpaired_raw else None,
+                      unpaired_batch=distill.unpaired_batch or ctx.recipe.student.train.batch_size)
 
 
 def student_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], ModelResult]:

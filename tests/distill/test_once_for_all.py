@@ -5,11 +5,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from distill.checkpointing import CheckpointError, load_checkpoint
+from distill.data.unpaired import UnpairedRaw
 from distill.evaluation import DEFAULT_TASK
 from distill.once_for_all import OnceForAll
 from distill.trainer import TrainSpec, _TrainStep, train
@@ -147,3 +149,109 @@ def test_resume_keeps_the_head_and_the_detach(tmp_path: Path, threshold: float) 
         assert torch.equal(a, b)
     with pytest.raises(CheckpointError, match="written with once-for-all training"):
         train(_student(), Pairs(), SPEC, seed=0, checkpoint_path=ckpt)
+
+
+def _unpaired() -> UnpairedRaw:
+    """Packed 8x8 RAW patches re-rendered from two random sRGB images (what a phone would add unaligned)."""
+    rng = np.random.default_rng(0)
+    return UnpairedRaw([rng.random((32, 32, 3), dtype=np.float32) for _ in range(2)], patch_size=8, seed=0)
+
+
+def _detached(ofa: OnceForAll) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A student with a prepared, already detached head: (student, x, target)."""
+    student = _student().train()
+    x, target = Pairs()[:4]
+    ofa.prepare(student, x)
+    ofa.detached_step = 0
+    return student, x, target
+
+
+def test_the_detached_super_network_teaches_the_fine_tune_once_it_is_ahead() -> None:
+    ofa = _ofa(-INF, distill=0.5)
+    student, x, target = _detached(ofa)
+    frozen_conv1 = student.conv1.weight.detach().clone()
+    pred = student(x)
+    ofa.sub_psnr_ema, ofa.psnr_ema = 0.0, 99.0
+    loss, parts = ofa.distill_loss(student, x, pred, target, step=0)
+    assert ofa.frozen is not None
+    with torch.no_grad():
+        label = ofa.frozen(x)
+    expected = 0.5 * nn.functional.l1_loss(pred, label)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6) and "ofa_unpaired" not in parts
+    loss.backward()
+    assert all(p.grad is None for p in ofa.parameters())  # the label takes no gradient
+    assert all(p.grad is None for p in ofa.frozen.trunk.parameters())
+    with torch.no_grad():
+        student.conv1.weight.add_(1.0)  # the student moves on; the frozen trunk keeps the detach-time weights
+    assert torch.equal(ofa.frozen.trunk.get_parameter("conv1.weight"), frozen_conv1)
+    ofa.sub_psnr_ema, ofa.psnr_ema = 99.0, 0.0  # a super-network behind the student teaches nothing
+    ofa.ema = 1.0 - 1e-12  # keep the averages where they are set
+    off, parts = ofa.distill_loss(student, x, pred.detach(), target, step=1)
+    assert float(off) == 0 and "ofa_distill" not in parts
+
+
+def test_nothing_is_distilled_while_attached() -> None:
+    ofa = _ofa(INF, distill=1.0)
+    student = _student().train()
+    x, target = Pairs()[:4]
+    ofa.prepare(student, x)
+    loss, parts = ofa.distill_loss(student, x, student(x), target, step=0)
+    assert float(loss) == 0 and ofa.frozen is None and set(parts) == {"ofa_sub_psnr"}
+
+
+def test_the_detached_super_network_labels_unpaired_raw() -> None:
+    unpaired = _unpaired()
+    ofa = _ofa(-INF, distill=1.0, unpaired=unpaired, unpaired_batch=3)
+    student, x, target = _detached(ofa)
+    ofa.sub_psnr_ema, ofa.psnr_ema, ofa.ema = 0.0, 99.0, 1.0 - 1e-12
+    loss, parts = ofa.distill_loss(student, x, student(x), target, step=5)
+    raw = torch.from_numpy(unpaired.batch(5, 3))
+    assert ofa.frozen is not None
+    with torch.no_grad():
+        expected = nn.functional.l1_loss(student(raw), ofa.frozen(raw))
+    assert parts["ofa_unpaired"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(parts["ofa_distill"] + parts["ofa_unpaired"], rel=1e-5)
+
+
+def test_distillation_after_the_detach_trains_the_student_and_resumes_with_the_frozen_trunk(tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"steps": 4})
+
+    def ahead(ofa: OnceForAll) -> OnceForAll:
+        """The super-network counts as far ahead of the student (tiny data: real averages are noise)."""
+        distill_loss = ofa.distill_loss
+
+        def distill_ahead(*args: Any) -> tuple[torch.Tensor, dict[str, float]]:
+            ofa.psnr_ema = 99.0
+            return distill_loss(*args)
+
+        ofa.distill_loss = distill_ahead  # type: ignore[method-assign, assignment]
+        return ofa
+
+    plain, taught = _student(), _student()
+    train(plain, Pairs(), spec, seed=0, ofa=_ofa(-INF))
+    full_ofa = ahead(_ofa(-INF, distill=1.0, unpaired=_unpaired()))
+    history = train(taught, Pairs(), spec, seed=0, ofa=full_ofa).history
+    assert "ofa_distill" not in history[0] and history[1]["ofa_distill"] > 0 and history[1]["ofa_unpaired"] > 0
+    assert not torch.equal(plain.conv3.weight, taught.conv3.weight)
+
+    def crash_at_3(metrics: dict, step: int) -> None:
+        if step == 3:
+            raise Crash
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Crash):
+        train(_student(), Pairs(), spec, seed=0, ofa=ahead(_ofa(-INF, distill=1.0, unpaired=_unpaired())),
+              log=crash_at_3, checkpoint_path=ckpt)
+    resumed, ofa = _student(), ahead(_ofa(-INF, distill=1.0, unpaired=_unpaired()))
+    train(resumed, Pairs(), spec, seed=0, ofa=ofa, checkpoint_path=ckpt)
+    assert full_ofa.frozen is not None and ofa.frozen is not None
+    for a, b in [*zip(full_ofa.frozen.trunk.state_dict().values(), ofa.frozen.trunk.state_dict().values(), strict=True),
+                 *zip(taught.state_dict().values(), resumed.state_dict().values(), strict=True)]:
+        assert torch.equal(a, b)
+
+
+def test_unpaired_raw_without_distillation_is_refused() -> None:
+    with pytest.raises(ValueError, match="set distill > 0"):
+        _ofa(INF, unpaired=_unpaired())
+    with pytest.raises(ValueError, match="distill weight must be >= 0"):
+        _ofa(INF, distill=-1.0)

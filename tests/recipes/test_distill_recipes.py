@@ -118,6 +118,8 @@ OFA = {"threshold_db": 20.0, "head_width": 4, "blocks": 1}
     ({"threshold_db": float("nan")}, "threshold_db", "must be a number of dB"),
     ({"threshold_db": None}, "threshold_db", "Field required"),
     ({"treshold_db": 20.0}, "treshold_db", "unknown key"),
+    ({"unpaired_raw": True}, "unpaired_raw", r"set once_for_all.distill > 0"),
+    ({"distill": -0.5}, "distill", "greater than or equal to 0"),
 ])
 def test_once_for_all_mistakes_name_their_key(tmp_path: Path, change: dict, key: str, message: str) -> None:
     def edit(d: dict) -> None:
@@ -142,3 +144,14 @@ def test_once_for_all_trains_without_a_teacher_logs_the_detach_and_saves_the_stu
     student, spec = load_model(outputs.model)
     fresh = STUDENTS.create(spec.name, **spec.config)
     assert list(student.state_dict()) == list(fresh.state_dict())  # no head in the saved student
+
+
+def test_once_for_all_distillation_with_unpaired_raw_runs_without_a_teacher(tmp_path: Path) -> None:
+    def edit(d: dict) -> None:
+        d.pop("teacher")
+        d["student"]["distill"] = {"once_for_all": {**OFA, "threshold_db": float("-inf"), "distill": 0.5,
+                                                    "unpaired_raw": True}, "unpaired_batch": 2}
+
+    _, run = _student_metrics(tmp_path, str(_write(tmp_path, "quickstart", edit)), "student.train.steps=3",
+                              "student.train.batch_size=2", "student.train.log_every=1")
+    assert run.metrics["train_ofa_sub_psnr"] > 0 and run.metrics["ofa_detached_step"] == 0
