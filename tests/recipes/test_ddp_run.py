@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "run_until=quantize", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+    "run_until=quantize", "teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
     "student.config.width=4", "student.train.steps=4", "student.train.batch_size=2", "student.train.log_every=1",
     "prune.finetune.steps=2", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
     "data.max_side=128", "export.input_size=[32,32]", "quantize.calibration_frames=4",

@@ -100,7 +100,7 @@ def test_unpaired_raw_without_a_raw_teacher_names_its_key(tmp_path: Path, recipe
 
 def test_unpaired_raw_is_labelled_by_the_teacher_and_logged(tmp_path: Path) -> None:
     _, run = _student_metrics(
-        tmp_path, "quickstart", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+        tmp_path, "quickstart", "teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
         "student.train.steps=3", "student.train.batch_size=2", "student.distill.unpaired_raw=0.5",
         "student.distill.unpaired_batch=3")
     assert {"train_kd_unpaired", "train_kd_output", "train_l1"} <= set(run.metrics)

@@ -12,7 +12,7 @@ import pytest
 from recipes.cli import main
 
 TINY = [
-    "teacher.config.base_width=4", "teacher.train.steps=4", "teacher.train.batch_size=2",
+    "teacher.config.width=8", "teacher.train.steps=4", "teacher.train.batch_size=2",
     "student.config.width=8", "student.train.steps=6", "student.train.batch_size=2",
     "prune.finetune.steps=2", "prune.finetune.batch_size=2", "prune.ratio=0.25",
     "data.patch_size=16", "data.patches_per_image=2", "data.max_side=128",

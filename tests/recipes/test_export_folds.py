@@ -9,7 +9,7 @@ import pytest
 from recipes.loader import load_recipe
 from recipes.runner import run_recipe
 
-TINY = ["teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+TINY = ["teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
         "student.config={width: 8, block: ecb}", "student.train.steps=3", "student.train.batch_size=2",
         "data.patch_size=16", "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]",
         "quantize.calibration_frames=2", "export.frame_size=null"]

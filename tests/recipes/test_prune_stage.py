@@ -12,7 +12,7 @@ from compress.checkpoint import load_model
 from recipes.loader import RecipeError, load_recipe
 from recipes.runner import run_recipe
 
-TINY = ["teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+TINY = ["teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
         "student.config.width=8", "student.train.steps=4", "student.train.batch_size=2",
         "prune.finetune.steps=4", "prune.finetune.batch_size=2",
         "data.patch_size=16", "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]"]

@@ -17,7 +17,7 @@ from process_helpers import kill_at_first_checkpoint  # noqa: E402
 
 STUDENT_STEPS = 24
 TINY = [
-    "run_until=student", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+    "run_until=student", "teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
     "student.config.width=4", "student.config.batch_norm=false", f"student.train.steps={STUDENT_STEPS}",
     "student.train.batch_size=2", "student.train.checkpoint_every=2", "student.train.log_every=1",
     "data.patch_size=16", "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]",

@@ -11,7 +11,7 @@ import pytest
 from distill.progress import PROGRESS_SECONDS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["run_until=student", "teacher.config.base_width=4", "teacher.train.steps=40", "teacher.train.batch_size=2",
+TINY = ["run_until=student", "teacher.config.width=8", "teacher.train.steps=40", "teacher.train.batch_size=2",
         "student.config.width=4", "student.train.steps=40", "student.train.batch_size=2", "data.patch_size=16",
         "data.patches_per_image=2", "data.max_side=96", "data.max_eval_images=1", "export.input_size=[16,16]"]
 

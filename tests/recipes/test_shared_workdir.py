@@ -19,7 +19,7 @@ from recipes.runner import stage_key, stage_plan
 from recipes.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, ensure_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["run_until=student", "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+TINY = ["run_until=student", "teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
         "student.config.width=4", "student.train.steps=2", "student.train.batch_size=2", "data.patch_size=16",
         "data.patches_per_image=2", "data.max_side=96", "data.max_eval_images=1", "export.input_size=[16,16]"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -25,7 +25,7 @@ from process_helpers import TINY_SWEEP  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mlflow_server.sh"
 TINY = [
-    "teacher.config.base_width=4", "teacher.train.steps=2", "teacher.train.batch_size=2",
+    "teacher.config.width=8", "teacher.train.steps=2", "teacher.train.batch_size=2",
     "student.config.width=4", "student.train.steps=3", "student.train.batch_size=2",
     "prune.finetune.steps=1", "prune.finetune.batch_size=2", "data.patch_size=16", "data.patches_per_image=2",
     "data.max_side=96", "data.max_eval_images=1", "quantize.calibration_frames=2", "export.input_size=[16,16]",
