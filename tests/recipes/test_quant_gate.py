@@ -21,8 +21,8 @@ from recipes.loader import RecipeError, load_recipe
 from recipes.runner import StageError, run_recipe
 from recipes.schema import DEFAULT_MAX_DROP_DB, QuantizeStage
 
-TINY = ["teacher=null", "student.distill.unpaired_raw=0", "prune=null", "student.config={width: 8}", "student.train.steps=4",
-        "student.train.batch_size=2", "student.distill.output_kd=0", "data.patch_size=16",
+TINY = ["teacher=null", "student.distill.unpaired_raw=0", "prune=null", "student.config={width: 8}",
+        "student.train.steps=4", "student.train.batch_size=2", "student.distill.output_kd=0", "data.patch_size=16",
         "data.patches_per_image=2", "data.max_side=128", "export.input_size=[32,32]", "export.frame_size=null",
         "quantize.calibration_frames=4", "quantize.calibration_selection=spread",
         "quantize.variants=[int16x8, float16, dynamic]", "quantize.selective={max_drop_db: 50}",
