@@ -58,13 +58,14 @@ from typing import Any
 import torch
 
 from benchmarks.report import ALL_THREADS, ROOT, cli, mean_ci95, measured_on, paragraph, publish, setup, stamp, table
+from benchmarks.scoring import per_image_psnr
 from distill.adapters import FeaturePair
 from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
 from distill.data.scenes import load_held_out_scenes
 from distill.data.unpaired import UnpairedRaw, embedded_sensor
 from distill.distiller import Distiller
-from distill.evaluation import DEFAULT_TASK, Task, evaluate
+from distill.evaluation import Task
 from distill.metrics import centre_crop_to_multiple
 from distill.once_for_all import OnceForAll
 from distill.trainer import TrainSpec, train
@@ -183,11 +184,6 @@ def groups(scale: float) -> dict[str, Group]:
 def held_out_pairs(pairs: list[Any], multiple: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole held-out images centre-cropped to a multiple of 32 packed pixels (every model accepts that)."""
     return [centre_crop_to_multiple(torch.from_numpy(p.raw), torch.from_numpy(p.rgb), multiple) for p in pairs]
-
-
-def per_image_psnr(model: torch.nn.Module, pairs: list[Any], task: Task = DEFAULT_TASK) -> list[float]:
-    """Held-out PSNR of every image on its own (the scene set is cut to a multiple of 16 packed pixels)."""
-    return [evaluate(model, [(torch.from_numpy(p.raw), torch.from_numpy(p.rgb))], task)["psnr"] for p in pairs]
 
 
 def _teacher(spec: TeacherSpec, cache: Path, train_pairs: list[Any], held_out: list[Any]

@@ -10,7 +10,9 @@ Per student (its default configuration), in one process:
 2. export ONNX at the held-out size (the two whole held-out photos, packed 64x128) with the XNNPACK INT8
    rewrites the export stage applies (``quantize.xnnpack_rewrite``), calibrate on 16 seeded RAW crops of the
    training photos, and build INT8 TFLite models (int8 I/O) with each method:
-   - ``minmax``: TFLite's converter as it comes (``quantize.ranges: minmax``);
+   - ``TFLite calibrator``: TFLite's converter as it comes: min/max as its calibrator logs them, which is too
+     wide for tensors an in-place op overwrote (``compress.quantization.ranges``, module docstring);
+   - ``minmax``: each tensor's own min/max over the frames (``quantize.ranges: minmax``, what a recipe ships);
    - ``percentile`` / ``mse``: activation ranges set by ``compress.quantization.ranges`` (99.99th
      percentile; least squared error per tensor) and quantized by TFLite's own quantizer;
    - ``mse + float norm stats``: ``mse`` with instance norm's statistics ops (MEAN, SQUARED_DIFFERENCE,
@@ -63,6 +65,7 @@ from distill.metrics import centre_crop_pair, psnr_db
 from students import list_students
 
 CALIBRATION_FRAMES = 16
+CALIBRATOR = "calibrator"  # the converter's own int8 build (= quantize.ranges: calibrator)
 AEQ_INT16_NORM_OPS = ("MEAN", "RSQRT", "MUL")  # instance norm's ops AEQ can give 16-bit activations (per op type)
 SELECTIVE_BUDGET_DB = 0.1
 SELECTIVE_MAX_LAYERS = 8
@@ -88,14 +91,14 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
 
     selective = SelectivePrecision(SELECTIVE_BUDGET_DB, SELECTIVE_MAX_LAYERS, selective_drop, key="int8_selective",
                                    prepare=RangeSetting("mse").prepare, max_candidates=SELECTIVE_CANDIDATES)
-    hooks: dict[str, Any] = {m: RangeSetting(m, key=f"int8_{m}") for m in ("percentile", "mse")}
+    hooks: dict[str, Any] = {m: RangeSetting(m, key=f"int8_{m}") for m in ("minmax", "percentile", "mse")}
     hooks["mse + float norm stats"] = RangeSetting("mse", key="int8_norm", float_ops=NORM_STATS_OPS)
     hooks["mse + selective"] = selective
     start = time.perf_counter()
     files = convert_onnx_to_tflite(onnx_path, work / "tflite", frames, int8_io=True, modes=["int8"],
                                    extra=Builds(hooks))
     timings["convert_s"] = time.perf_counter() - start
-    files = {"fp32": files.pop("fp32"), "minmax": files.pop("int8"), **files}
+    files = {"fp32": files.pop("fp32"), CALIBRATOR: files.pop("int8"), **files}
     instance_norm = {"SQUARED_DIFFERENCE", "RSQRT"} <= set(tflite_ops(files["fp32"]))
     if not instance_norm:
         files.pop("mse + float norm stats")  # no instance norm: the row is for the models that have one
@@ -146,6 +149,8 @@ def measure(name: str, steps: int, reuse: Path | None, work: Path, held: Photos,
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {"model": name, "steps": steps, "fp32_psnr_db": fp32_psnr["xnnpack"], "timings_s": timings,
+               "calibrator_overstated": len(hooks["minmax"].calibrator_overstated),
+               "calibrated_tensors": len(hooks["minmax"].ranges),
                "ops": sorted(set(tflite_ops(files["fp32"]))),
                "selective_float_layers": selective.result.float_layers if selective.result else None,
                "aeq_errors": aeq_errors}
@@ -221,14 +226,20 @@ def zoo() -> list[str]:
     return [s for s in list_students() if s != EXAMPLE_PLUGIN]
 
 
-def qat_only(args: argparse.Namespace) -> None:
-    """Add (replace) the QAT comparison of ``args.students`` in quant.json, from the PTQ rows already there."""
-    started = time.perf_counter()
-    result = json.loads(RESULT.read_text())
+def held_and_frames() -> tuple[Photos, np.ndarray]:
+    """The two held-out photos every row is scored on, and the 16 RAW training crops every model calibrates on."""
     held = Photos(held_out_pairs(load_embedded("eval", seed=0)))
     train_pairs = load_embedded("train", seed=0)
     frames = calibration_crops([p.raw for p in train_pairs], CALIBRATION_FRAMES, tuple(held.raw.shape[2:]), "random",
                                seed=0)
+    return held, frames
+
+
+def qat_only(args: argparse.Namespace) -> None:
+    """Add (replace) the QAT comparison of ``args.students`` in quant.json, from the PTQ rows already there."""
+    started = time.perf_counter()
+    result = json.loads(RESULT.read_text())
+    held, frames = held_and_frames()
     qat = [q for q in result.get("qat", []) if q["model"] not in args.students]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.students:
@@ -238,6 +249,41 @@ def qat_only(args: argparse.Namespace) -> None:
             qat += qat_rows(name, result["steps"], args.reuse, Path(tmp) / name, held, frames, args.qat_seeds, ptq)
     result.update(qat=qat, wall_s=result["wall_s"] + time.perf_counter() - started)
     publish_result(result)
+
+
+def minmax_only(args: argparse.Namespace) -> None:
+    """Re-measure the ``calibrator`` and ``minmax`` rows of ``args.students`` (the cached float models of
+    ``--reuse``), keeping every other method's rows: the range searches already read the tensors' own values."""
+    setup()
+    started = time.perf_counter()
+    result = json.loads(RESULT.read_text())
+    held, frames = held_and_frames()
+    redo = {CALIBRATOR, "minmax"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.students:
+            model = trained(name, result["steps"], args.reuse)
+            onnx_path = int8_source(model, held.shape, Path(tmp) / name)
+            minmax = RangeSetting("minmax", key="int8_minmax")
+            built = convert_onnx_to_tflite(onnx_path, Path(tmp) / name / "tflite", frames, int8_io=True,
+                                           modes=["int8"], extra=Builds({"minmax": minmax}))
+            reference = {rt: held.run(built["fp32"], rt) for rt in RUNTIMES}
+            rows = []
+            for method, path in ((CALIBRATOR, built["int8"]), ("minmax", built["minmax"])):
+                for rt in RUNTIMES:
+                    out = held.run(path, rt)
+                    rows.append({"model": name, "runtime": rt, "method": method, "psnr_db": held.psnr(out),
+                                 "psnr_drop_db": held.psnr(reference[rt]) - held.psnr(out),
+                                 "parity_db": psnr_db(out, reference[rt])})
+                    print(json.dumps(rows[-1]), flush=True)
+            keep = [r for r in result["rows"] if not (r["model"] == name and r["method"] in redo)]
+            first = next(i for i, r in enumerate(keep) if r["model"] == name)
+            result["rows"] = keep[:first] + rows + keep[first:]
+            for summary in result["summaries"]:
+                if summary["model"] == name:
+                    summary.update(calibrator_overstated=len(minmax.calibrator_overstated),
+                                   calibrated_tensors=len(minmax.ranges))
+            result.update(best=best_methods(result["rows"]), wall_s=result["wall_s"] + time.perf_counter() - started)
+            publish_result(result)  # after every student
 
 
 def main() -> None:
@@ -251,16 +297,19 @@ def main() -> None:
                         help="keep the other students' rows of benchmarks/results/quant.json (replace these ones)")
     parser.add_argument("--qat-only", action="store_true",
                         help="run only the QAT comparison for --students, on their PTQ rows in quant.json")
+    parser.add_argument("--minmax-only", action="store_true",
+                        help="re-measure only the calibrator and min/max rows of --students in quant.json")
     args = parser.parse_args()
     if args.qat_only:
         return qat_only(args)
+    if args.minmax_only:
+        return minmax_only(args)
     setup()
     started = time.perf_counter()
-    train_pairs = load_embedded("train", seed=0)
-    held = Photos(held_out_pairs(load_embedded("eval", seed=0)))
+    held, frames = held_and_frames()
     shape = held.raw.shape[2:]
-    crops = Photos([centre_crop_pair(torch.from_numpy(p.raw), torch.from_numpy(p.rgb), shape) for p in train_pairs])
-    frames = calibration_crops([p.raw for p in train_pairs], CALIBRATION_FRAMES, tuple(shape), "random", seed=0)
+    crops = Photos([centre_crop_pair(torch.from_numpy(p.raw), torch.from_numpy(p.rgb), shape)
+                    for p in load_embedded("train", seed=0)])
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     qat: list[dict[str, Any]] = []

@@ -23,14 +23,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.distill_gain import per_image_psnr
 from benchmarks.report import ALL_THREADS, ROOT, cli, measured_on, paragraph, publish, setup, stamp, table
+from benchmarks.scoring import per_image_psnr
 from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
 from distill.data.scenes import load_held_out_scenes
 from distill.data.unpaired import embedded_sensor
 from distill.trainer import TrainSpec, train
 from students import create_student, list_students
+from teachers.registry import STUDENTS
 
 TARGET_DB = 0.5
 TRAIN: dict[str, Any] = {"lr": 1e-3, "batch_size": 4, "losses": {"l1": 1.0, "ssim": 0.2}}
@@ -45,7 +46,8 @@ def spread(name: str, seeds: list[int], steps: int, train_pairs: list[Any], held
         data = PairedPatchDataset(train_pairs, patch_size=PATCH, patches_per_image=PATCHES_PER_IMAGE, seed=seed)
         start = time.perf_counter()
         train(model, data, TrainSpec(steps=steps, **TRAIN, log_every=10_000), seed=seed, desc=f"{name} seed {seed}")
-        runs.append({"seed": seed, "psnr": statistics.mean(per_image_psnr(model, held_out)),
+        multiple = STUDENTS.info(name).input_multiple
+        runs.append({"seed": seed, "psnr": statistics.mean(per_image_psnr(model, held_out, multiple=multiple)),
                      "train_s": time.perf_counter() - start})
         print(f"{name:24s} seed {seed}: {runs[-1]['psnr']:.2f} dB", flush=True)
     psnr = [r["psnr"] for r in runs]

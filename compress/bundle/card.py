@@ -82,7 +82,8 @@ def input_size_section(model: nn.Module, input_hw: tuple[int, int]) -> dict[str,
     return section
 
 
-RANGE_METHODS = {"minmax": "min/max over the calibration frames (TFLite's calibrator)",
+RANGE_METHODS = {"minmax": "each tensor's min/max over the calibration frames, measured on the float model",
+                 "calibrator": "min/max as TFLite's calibrator logs it (the stock converter)",
                  "percentile": "each tensor clipped to a percentile of its calibration values",
                  "mse": "each tensor clipped to its least-squared-error range on the calibration frames",
                  "learned": "learned by quantization-aware training (LSQ+); tensors it does not cover as "

@@ -6,7 +6,8 @@ calibration frames.  A conv followed by ReLU is one fused TFLite op (no quantiza
 ``LOGISTIC`` and ``TANH`` outputs have fixed parameters (1/256, -128 and 1/128, 0); max pooling and
 depth-to-space keep their input's parameters.  :class:`TFLiteInt8Quantizer` annotates the exported
 aten graph the same way, and torchao's PT2E QAT (``prepare_qat_pt2e``) inserts the fake-quant
-modules: no hand-written fake quantization.
+modules: no hand-written fake quantization.  Layers that TFLite runs as several ops (instance norm:
+``compress.quantization.tflite_mirror``) are written out as those ops for QAT, so each gets its own fake quant.
 
 The fine-tuned weights are copied back into a copy of the original ``nn.Module`` (same class and
 structure), because a QDQ graph fed to onnx2tf becomes Flex ops: the QAT model is exported in float
@@ -47,6 +48,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from compress.quantization.learned_ranges import LearnedRange, learned_ranges, use_learned_ranges
+from compress.quantization.tflite_mirror import mirror_tflite_ops
 from distill.distiller import Distiller
 from distill.metrics import psnr_db
 from distill.trainer import LogFn, TrainSpec, train
@@ -81,14 +83,16 @@ PASS_THROUGH_OPS = _aten("pixel_shuffle.default", "max_pool2d.default", "view.de
                          "permute.default", "slice.Tensor", "clone.default", "contiguous.default",
                          "expand.default", "flatten.using_ints", "squeeze.dim", "unsqueeze.default")
 SIGMOID_OPS = _aten("sigmoid.default", "sigmoid_.default")
+SQUARE_OPS = _aten("pow.Tensor_Scalar", "square.default")
+SUB_OPS = _aten("sub.Tensor")
 TANH_OPS = _aten("tanh.default", "tanh_.default")
 # ops whose int8 output gets its own scale/zero point in TFLite (elementwise maths, reductions, concat)
 REQUANT_OPS = FUSED_ACT_OPS | _aten(
     "leaky_relu.default", "leaky_relu_.default", "add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor",
     "cat.default", "mean.dim", "amax.default", "hardswish.default", "hardsigmoid.default", "gelu.default",
     "silu.default", "prelu.default", "linear.default", "adaptive_avg_pool2d.default", "avg_pool2d.default",
-    "upsample_bilinear2d.vec", "upsample_nearest2d.vec", "div.Tensor", "clamp.default",
-)
+    "upsample_bilinear2d.vec", "upsample_nearest2d.vec", "div.Tensor", "clamp.default", "rsqrt.default",
+) | SQUARE_OPS
 
 
 def _act_spec() -> Any:
@@ -132,6 +136,8 @@ class TFLiteInt8Quantizer(Quantizer):
                 _annotate(node, {}, _fixed_spec(*SIGMOID_QPARAMS))
             elif node.target in TANH_OPS:
                 _annotate(node, {}, _fixed_spec(*TANH_QPARAMS))
+            elif node.target in SUB_OPS and _feeds_only_square(node):
+                continue  # sub + square is one SQUARED_DIFFERENCE op in TFLite: quantized once, at its end
             elif node.target in REQUANT_OPS:
                 _annotate(node, {}, act)
         return model
@@ -151,6 +157,13 @@ def _is_annotated(node: Node) -> bool:
 
 def _only_user(node: Node) -> Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _feeds_only_square(node: Node) -> bool:
+    user = _only_user(node)
+    if user is None or user.target not in SQUARE_OPS or user.args[0] is not node:
+        return False
+    return user.target not in _aten("pow.Tensor_Scalar") or bool(user.args[1] == 2)
 
 
 def _fused_end(conv: Node) -> Node:
@@ -215,6 +228,7 @@ class QATResult:
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> GraphModule:
     """torchao PT2E QAT graph of ``model`` (deep-copied) with TFLite-like fake quantization inserted."""
     float_copy = copy.deepcopy(model).train()
+    mirror_tflite_ops(float_copy)
     if example.ndim != 4:
         raise ValueError(f"the QAT example input must be NCHW; got shape {tuple(example.shape)}")
     example = example[:1].expand(2, -1, -1, -1).contiguous()  # batch 1 would be specialised to 1

@@ -101,8 +101,9 @@ class QuantizeStage(Strict):
     calibration_frames: int = Field(32, ge=1, description="RAW crops from the training data")
     calibration_selection: Literal["random", "spread"] = Field(
         "random", description="random crops, or crops from every image spread over its brightness range")
-    ranges: Literal["minmax", "percentile", "mse"] = Field(
-        "minmax", description="int8 activation ranges: TFLite's min/max over the calibration frames, or each "
+    ranges: Literal["minmax", "calibrator", "percentile", "mse"] = Field(
+        "minmax", description="int8 activation ranges: each tensor's min/max over the calibration frames, TFLite's "
+                              "stock calibrator (min/max as it logs them: too wide after in-place ops), or each "
                               "tensor clipped to a percentile or to its least-squared-error range "
                               "(compress.quantization.ranges; written into TFLite's own quantizer)")
     range_percentile: float = Field(99.99, gt=50, le=100, description="the percentile kept by ranges: percentile")

@@ -111,7 +111,7 @@ def _learned_ranges(ctx: RunContext) -> LearnedRangeMatcher | None:
 
 def _convert(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, data: HeldOut,
              calibration: np.ndarray, bar: tqdm) -> tuple[dict[str, Path], SelectivePrecision | None, dict[str, int],
-                                                           int]:
+                                                           int, RangeSetting]:
     """Every TFLite variant from one onnx2tf run (two when the int8 variant converts from another graph than
     the float ones: the XNNPACK rewrite or weight rounding for int8, the GPU rewrite for the rest)."""
     qcfg, threads = ctx.recipe.quantize, ctx.recipe.export.latency_threads
@@ -119,8 +119,9 @@ def _convert(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, d
     selective = None
     modes = [v for v in variants if v != "fp32"]
     learned = _learned_ranges(ctx)
-    ranged = (RangeSetting(qcfg.ranges, qcfg.range_percentile, float_ops=qcfg.float_ops, given=learned)
-              if qcfg.ranges != "minmax" or qcfg.float_ops or learned is not None else None)
+    # always through ispdc's range setting, min/max included: TFLite's own calibrator logs some ranges too wide
+    # (compress.quantization.ranges, module docstring)
+    ranged = RangeSetting(qcfg.ranges, qcfg.range_percentile, float_ops=qcfg.float_ops, given=learned)
     int8_hook: ExtraBuild | None = ranged if "int8" in modes else None
     if int8_hook is not None and qcfg.selective is None:
         modes.remove("int8")
@@ -130,7 +131,7 @@ def _convert(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, d
                                                                                      data.target, threads)
 
         selective = SelectivePrecision(qcfg.selective.max_drop_db, qcfg.selective.max_float_layers, drop,
-                                       probe=qcfg.selective.probe, prepare=ranged.prepare if ranged else None,
+                                       probe=qcfg.selective.probe, prepare=ranged.prepare,
                                        float_ops=qcfg.float_ops)
         int8_hook = selective
         modes.remove("int8")
@@ -158,7 +159,7 @@ def _convert(ctx: RunContext, model: nn.Module, onnx_path: Path, folder: Path, d
     tflite = {v: tflite[v] for v in variants}
     for path in tflite.values():
         assert_builtin_only(path)
-    return tflite, selective, rewrites, gpu_rewrites
+    return tflite, selective, rewrites, gpu_rewrites, ranged
 
 
 def _score(ctx: RunContext, onnx_path: Path, tflite: dict[str, Path], data: HeldOut,
@@ -236,13 +237,15 @@ def export_stage(ctx: RunContext, folder: Path) -> tuple[dict[str, float], Expor
     bar.update()
     bar.set_postfix_str(f"onnx2tf -> TFLite {' + '.join(variants)}")
     calibration = np.load(ctx.result("quantize", QuantizeResult).calibration)
-    tflite, selective, rewrites, gpu_rewrites = _convert(ctx, model, onnx_path, folder, data, calibration,
-                                                          bar)
+    tflite, selective, rewrites, gpu_rewrites, ranged = _convert(ctx, model, onnx_path, folder, data,
+                                                                  calibration, bar)
     bar.update()
     metrics = _score(ctx, onnx_path, tflite, data, bar)
     metrics.update({f"xnnpack_rewrites_{op.lower()}": float(n) for op, n in rewrites.items()})
     if gpu_rewrites:
         metrics["gpu_rewrites_expand"] = float(gpu_rewrites)
+    if "int8" in tflite:  # ranges TFLite's calibrator logged too wide, corrected in the shipped int8 model
+        metrics["int8_calibrator_ranges_corrected"] = float(len(ranged.calibrator_overstated))
     x86: dict[str, Path] = {}
     if qcfg.x86:
         bar.set_postfix_str(f"x86: {', '.join(qcfg.x86)}")

@@ -54,6 +54,7 @@ def test_every_variant_is_scored_with_per_variant_keys(gated_run: dict) -> None:
     assert m["latency_ms_tflite_int8_1t"] > 0  # the shipped variant is timed at 1 and 2 threads
     assert m["psnr"] == m["psnr_tflite_int8"] and m["size_kb"] == m["size_kb_tflite_int8"]
     assert m["selective_float_layers"] == 0  # a 50 dB budget holds without float layers
+    assert m["int8_calibrator_ranges_corrected"] >= 0  # shipped int8 ranges are the values' own (ranges.py)
     for c in "rgb":  # vs PyTorch: fp32 is exact up to float rounding, int8 carries quantization error
         assert m[f"rmse_tflite_fp32_{c}"] < 1e-4 and m[f"rmse_tflite_fp32_{c}"] < m[f"rmse_tflite_int8_{c}"]
 

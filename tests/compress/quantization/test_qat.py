@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from compress.quantization.qat import QATResult, fake_quant_output, prepare_qat, qat_finetune
+from compress.quantization.tflite_mirror import TFLiteInstanceNorm, mirror_tflite_ops
 from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
 from distill.trainer import TrainSpec
@@ -91,3 +92,89 @@ def test_fake_quant_output_is_close_to_tflite_int8_and_model_exports(tmp_path, d
     # the fake-quant graph predicts TFLite's INT8 output better than the float model does
     assert psnr_db(int8, fake) > psnr_db(int8, float_out) + 3.0
     assert psnr_db(int8, fake) > 40.0
+
+
+@pytest.fixture(scope="module")
+def conv_norm(instance_norm_net) -> torch.nn.Module:
+    return instance_norm_net
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_tflite_instance_norm_equals_instance_norm(affine: bool) -> None:
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm2d(6, affine=affine, eps=1e-3)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 6, 9, 7) * 3 + 1
+    mirrored = TFLiteInstanceNorm(norm)
+    torch.testing.assert_close(mirrored(x), norm(x), atol=1e-5, rtol=1e-5)
+    if affine:
+        assert mirrored.weight is norm.weight and mirrored.bias is norm.bias  # same parameters, same names
+
+
+def test_mirror_replaces_instance_norms_only_without_running_stats() -> None:
+    model = torch.nn.Sequential(torch.nn.InstanceNorm2d(4, affine=True), torch.nn.BatchNorm2d(4),
+                                torch.nn.Sequential(torch.nn.InstanceNorm2d(4)),
+                                torch.nn.InstanceNorm2d(4, track_running_stats=True))
+    assert mirror_tflite_ops(model) == 2
+    assert [type(m).__name__ for m in model.modules()][1:] == [
+        "TFLiteInstanceNorm", "BatchNorm2d", "Sequential", "TFLiteInstanceNorm", "InstanceNorm2d"]
+
+
+def test_qat_graph_quantizes_each_tflite_op_of_instance_norm(conv_norm) -> None:
+    prepared = prepare_qat(conv_norm, torch.rand(1, 4, 16, 16))
+    quantized_after = {str(node.args[0].target) for node in prepared.graph.nodes
+                       if node.op == "call_module" and "activation_post_process" in str(node.target)
+                       and hasattr(node.args[0], "target")}
+    # TFLite: MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL, MUL, ADD, each re-quantized
+    assert {"aten.mean.dim", "aten.rsqrt.default", "aten.mul.Tensor", "aten.add.Tensor", "aten.sub.Tensor"} <= (
+        quantized_after)
+    assert any("pow" in t or "square" in t for t in quantized_after)
+    subs = [n for n in prepared.graph.nodes if str(n.target) == "aten.sub.Tensor"]
+    assert len(subs) == 2  # x - mean twice, as TFLite computes it in SQUARED_DIFFERENCE and in SUB
+    # the one inside SQUARED_DIFFERENCE is not quantized on its own
+    assert sum(all("activation_post_process" not in str(u.target) for u in n.users) for n in subs) == 1
+
+
+def test_qat_on_instance_norm_copies_back_into_instance_norm(data, conv_norm) -> None:
+    dataset, calibration = data
+    result = qat_finetune(conv_norm, dataset, TrainSpec(steps=3, lr=1e-2, batch_size=2, log_every=10),
+                          calibration=calibration)
+    assert type(result.model.norm) is torch.nn.InstanceNorm2d
+    assert not torch.equal(result.model.norm.weight, conv_norm.norm.weight)
+    assert type(conv_norm.norm) is torch.nn.InstanceNorm2d  # the input model is untouched
+
+
+@pytest.mark.slow
+def test_fake_quant_of_instance_norm_predicts_tflite_int8(tmp_path, data, conv_norm, monkeypatch) -> None:
+    """Written op by op, the norm's fake quantization predicts TFLite's INT8 output; as one node it does not."""
+    import compress.quantization.qat as qat
+    from compress.export.onnx_export import export_onnx
+    from compress.export.tflite import convert_onnx_to_tflite
+    from compress.quantization.ranges import RangeSetting
+    from compress.runtime.parity import run_tflite
+    from distill.metrics import psnr_db
+
+    _, calibration = data
+    onnx_path = export_onnx(conv_norm, tmp_path / "norm.onnx", (1, 4, 32, 32))
+    built = convert_onnx_to_tflite(onnx_path, tmp_path, calibration.numpy(), modes=[],
+                                   extra=RangeSetting("minmax"))  # the int8 model a recipe ships
+    int8 = run_tflite(built["int8"], calibration.numpy())
+
+    def fake_quant(mirror: bool) -> np.ndarray:
+        if not mirror:  # the norm as one aten node, quantized once at its output
+            monkeypatch.setattr(qat, "mirror_tflite_ops", lambda model: 0)
+        prepared = qat.prepare_qat(conv_norm, calibration[:1])
+        qat.calibrate(prepared, calibration)
+        return fake_quant_output(prepared, calibration).numpy()
+
+    mirrored, single_node = fake_quant(True), fake_quant(False)
+    with torch.no_grad():
+        reference = conv_norm(calibration).numpy()
+    # the error QAT trains against has the size of TFLite's (parity to float) and is closer to it, value by value
+    int8_parity = psnr_db(int8, reference)
+    assert abs(psnr_db(mirrored, reference) - int8_parity) < 1.0
+    assert psnr_db(single_node, reference) > int8_parity + 2.0  # one fake quant after the norm: too optimistic
+    assert psnr_db(int8, mirrored) > psnr_db(int8, single_node) + 1.0
