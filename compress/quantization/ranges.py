@@ -14,7 +14,7 @@ INT8 tensors *by TFLite's own quantizer*: same ops, same kernels, same patches
   output, so that input's logged range is the union of both.  Measured on instance norm
   (``SUB -> MUL(gamma) -> MUL(1/std) -> ADD(beta)``): the ``(x - mean) * gamma`` tensor, values within
   +-0.18, was calibrated to [-4.07, 3.68] (the next op's output), 25x too wide, and the INT8 model's parity
-  fell to 21 dB against 35 dB with the tensors' own ranges; 107 of PyNET-V2 Mobile's 392 calibrated tensors
+  fell to 21 dB against 35 dB with the tensors' own ranges; 88 of PyNET-V2 Mobile's 392 calibrated tensors
   are overstated this way.  So ``minmax`` re-measures every range on the float model with all tensors kept
   (no buffer is reused), and ``calibrator_overstated`` counts what it corrected;
 - ``calibrator``: the ranges as TFLite's calibrator logged them, i.e. the stock converter's INT8 model;

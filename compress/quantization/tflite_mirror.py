@@ -35,7 +35,10 @@ class TFLiteInstanceNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)  # MEAN
         variance = torch.square(x - mean).mean(dim=(2, 3), keepdim=True)  # SQUARED_DIFFERENCE, MEAN
-        inverse_std = torch.rsqrt(variance + self.eps)  # ADD, RSQRT
+        # ADD, RSQRT.  At INT8 a variance + eps below half the ADD's step rounds to 0, and TFLite's RSQRT then
+        # saturates at its range's top; rsqrt(0) = inf would turn the fake-quant graph into NaNs instead, so the
+        # input is held at eps (1/sqrt(eps): the largest value the float op can give, where that range ends)
+        inverse_std = torch.rsqrt(torch.clamp_min(variance + self.eps, self.eps))
         centred = x - mean  # SUB
         if self.weight is None or self.bias is None:
             return centred * inverse_std  # MUL

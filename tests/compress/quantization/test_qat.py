@@ -3,8 +3,9 @@ fake-quant graph predicts what TFLite's INT8 model computes."""
 import numpy as np
 import pytest
 import torch
+from torchao.quantization.pt2e import disable_observer
 
-from compress.quantization.qat import QATResult, fake_quant_output, prepare_qat, qat_finetune
+from compress.quantization.qat import QATResult, calibrate, fake_quant_output, prepare_qat, qat_finetune
 from compress.quantization.tflite_mirror import TFLiteInstanceNorm, mirror_tflite_ops
 from distill.data.datasets import PairedPatchDataset
 from distill.data.embedded import load_embedded
@@ -136,6 +137,17 @@ def test_qat_graph_quantizes_each_tflite_op_of_instance_norm(conv_norm) -> None:
     assert len(subs) == 2  # x - mean twice, as TFLite computes it in SQUARED_DIFFERENCE and in SUB
     # the one inside SQUARED_DIFFERENCE is not quantized on its own
     assert sum(all("activation_post_process" not in str(u.target) for u in n.users) for n in subs) == 1
+
+
+def test_instance_norm_qat_gradients_stay_finite_where_the_variance_rounds_to_zero(conv_norm) -> None:
+    prepared = prepare_qat(conv_norm, torch.rand(1, 4, 16, 16))
+    calibrate(prepared, torch.rand(4, 4, 16, 16) * 50)  # large variances: the ADD (variance + eps) step >> eps
+    flat = torch.full((2, 4, 16, 16), 0.3)  # zero variance in every channel: variance + eps rounds to 0
+    prepared.apply(disable_observer)
+    prepared.train()
+    prepared(flat).sum().backward()  # rsqrt(0) = inf would make the gradient NaN (0 * inf), then every weight
+    grads = [p.grad for p in prepared.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_qat_on_instance_norm_copies_back_into_instance_norm(data, conv_norm) -> None:
