@@ -66,6 +66,8 @@ class TrainSpec(BaseModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradients' global L2 norm to this before each "
+                                    "step (logs train_grad_norm); stops a loss spike from saturating a sigmoid output")
     losses: dict[str, float] = Field(default_factory=lambda: {"l1": 1.0})
     perceptual: PerceptualSpec | None = Field(None, description="settings of the 'perceptual' loss term")
     log_every: int = Field(10, ge=1)
@@ -367,6 +369,9 @@ def _train(model: nn.Module, dataset: Any, spec: TrainSpec, *, seed: int, kd: Di
             raise FloatingPointError(nonfinite_message(desc, float(loss.detach()), step, parts))
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if spec.grad_clip is not None:
+            scaler.unscale_(optimiser)  # clip the true gradients, not the fp16-scaled ones
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, spec.grad_clip))
         scaler.step(optimiser)
         scaler.update()
         scheduler.step()

@@ -90,3 +90,24 @@ def test_a_frozen_model_is_refused_with_a_clear_message() -> None:
     Distiller(model, output_weight=1.0)  # freezes its teacher
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(model, Pairs(), TrainSpec(steps=1, batch_size=2))
+
+
+def test_grad_clip_bounds_every_step_and_logs_the_norm_before_it() -> None:
+    """The optimiser sees gradients of global norm <= grad_clip; the logged norm is the one before clipping."""
+    clip = 1e-3
+    torch.manual_seed(0)
+    model = Tiny()
+    seen: list[float] = []
+
+    def gradient_norm_of_last_step(step: int) -> None:  # runs before each step: the last step's grads are in place
+        if step:
+            seen.append(float(torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))))
+
+    spec = TrainSpec(steps=5, lr=1e-2, batch_size=4, losses={"mse": 1.0}, log_every=1, grad_clip=clip)
+    result = train(model, Pairs(), spec, seed=0, on_step=gradient_norm_of_last_step)
+    assert len(seen) == 4 and max(seen) <= clip * 1.0001
+    assert all(h["grad_norm"] > 10 * clip for h in result.history)  # the raw norms were far above the clip
+    unclipped = train(Tiny(), Pairs(), spec.model_copy(update={"grad_clip": None}), seed=0)
+    assert "grad_norm" not in unclipped.history[0]
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainSpec(grad_clip=0.0)
