@@ -73,7 +73,9 @@ def publish_result(result: dict[str, Any]) -> None:
         return f"{row['steps']}" + (f", grad clip {row['grad_clip']:g}" if row.get("grad_clip") else "")
 
     def on_training_photos(runs: list[dict[str, Any]]) -> str:
-        return " / ".join(f"{x['train_photos_psnr']:.2f}" if "train_photos_psnr" in x else "-" for x in runs)
+        if not all("train_photos_psnr" in x for x in runs):
+            return "-"  # rows measured before the column existed
+        return " / ".join(f"{x['train_photos_psnr']:.2f}" for x in runs)
 
     header = ["student", "steps", "PSNR dB per seed", "median", "worst seed below median dB", f"within {TARGET_DB} dB",
               "training photos dB per seed"]
